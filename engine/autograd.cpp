@@ -1,0 +1,134 @@
+#include "engine/autograd.h"
+
+#include <unordered_map>
+#include <unordered_set>
+
+namespace zsq {
+
+namespace {
+thread_local bool grad_enabled = true;
+
+// out-of-place sum of two gradients of the same logical shape (formats may differ).
+Tensor add_gradients(const Tensor& a, const Tensor& b) {
+  Tensor rhs = b.format() == a.format() ? b : b.to_format(a.format());
+  Tensor sum = Tensor::empty(a.shape(), DType::f32, a.format());
+  const float* pa = a.f32();
+  const float* pb = rhs.f32();
+  float* ps = sum.f32();
+  const auto n = a.numel();
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+  for (std::int64_t i = 0; i < n; ++i) ps[i] = pa[i] + pb[i];
+  return sum;
+}
+
+void accumulate_into_leaf(const Tensor& leaf, const Tensor& g) {
+  Tensor existing = leaf.grad();
+  if (!existing.defined()) {
+    // A private copy: the incoming gradient may be shared with other inputs of the same node.
+    leaf.set_grad(g.to_format(leaf.format()).clone());
+    return;
+  }
+  Tensor rhs = g.format() == existing.format() ? g : g.to_format(existing.format());
+  float* pe = existing.f32();
+  const float* pg = rhs.f32();
+  const auto n = existing.numel();
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+  for (std::int64_t i = 0; i < n; ++i) pe[i] += pg[i];
+}
+}  // namespace
+
+bool GradMode::enabled() { return grad_enabled; }
+void GradMode::set_enabled(bool on) { grad_enabled = on; }
+
+bool any_requires_grad(std::initializer_list<const Tensor*> inputs) {
+  if (!GradMode::enabled()) return false;
+  for (const Tensor* t : inputs)
+    if (t != nullptr && t->requires_grad()) return true;
+  return false;
+}
+
+Tensor record(Tensor out, std::string name, std::vector<Tensor> inputs, BackwardFn backward) {
+  if (!GradMode::enabled()) return out;
+  std::vector<bool> needs(inputs.size());
+  bool any = false;
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    needs[i] = inputs[i].requires_grad();
+    any = any || needs[i];
+  }
+  if (!any) return out;
+  auto node = std::make_shared<Node>();
+  node->name = std::move(name);
+  node->inputs = std::move(inputs);
+  node->needs = std::move(needs);
+  node->backward = std::move(backward);
+  out.impl()->grad_fn = std::move(node);
+  out.impl()->requires_grad = true;
+  return out;
+}
+
+void run_backward(const Tensor& root, const Tensor& seed, bool retain_graph) {
+  ZSQ_CHECK(root.requires_grad(), "backward() on a tensor that does not require grad: {}", root.str());
+  Tensor root_grad = seed;
+  if (!root_grad.defined()) {
+    ZSQ_CHECK(root.numel() == 1, "backward() without a seed needs a scalar, got {}", root.str());
+    root_grad = Tensor::full(root.shape(), 1.0f);
+  }
+  ZSQ_CHECK(root_grad.shape() == root.shape(), "backward seed {} does not match {}", root_grad.str(),
+            root.str());
+  if (!root.grad_fn()) {
+    accumulate_into_leaf(root, root_grad);
+    return;
+  }
+
+  // Iterative DFS post-order gives a topological order; deep nets must not overflow the stack.
+  std::vector<Node*> order;
+  std::unordered_set<Node*> visited;
+  std::vector<std::pair<Node*, std::size_t>> stack{{root.grad_fn().get(), 0}};
+  visited.insert(root.grad_fn().get());
+  while (!stack.empty()) {
+    auto& [node, next] = stack.back();
+    if (next < node->inputs.size()) {
+      const Tensor& in = node->inputs[next++];
+      Node* child = in.defined() && in.grad_fn() ? in.grad_fn().get() : nullptr;
+      if (child != nullptr && visited.insert(child).second) stack.push_back({child, 0});
+    } else {
+      order.push_back(node);
+      stack.pop_back();
+    }
+  }
+
+  NoGrad no_grad;
+  std::unordered_map<Node*, Tensor> pending;
+  pending[root.grad_fn().get()] = root_grad;
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    Node* node = *it;
+    auto found = pending.find(node);
+    if (found == pending.end()) continue;  // no path from root carried a gradient here
+    Tensor grad_out = std::move(found->second);
+    pending.erase(found);
+    ZSQ_CHECK(node->backward, "backward through '{}' a second time; pass retain_graph=true", node->name);
+    std::vector<Tensor> grads = node->backward(grad_out, node->needs);
+    ZSQ_CHECK(grads.size() == node->inputs.size(), "node '{}' returned {} gradients for {} inputs", node->name,
+              grads.size(), node->inputs.size());
+    for (std::size_t i = 0; i < grads.size(); ++i) {
+      if (!node->needs[i]) continue;
+      const Tensor& in = node->inputs[i];
+      const Tensor& g = grads[i];
+      ZSQ_CHECK(g.defined(), "node '{}' gave no gradient for input {}", node->name, i);
+      ZSQ_CHECK(g.shape() == in.shape(), "node '{}' gradient {} for input {} of shape {}", node->name, g.str(), i,
+                in.str());
+      if (in.grad_fn()) {
+        auto [slot, inserted] = pending.try_emplace(in.grad_fn().get(), g);
+        if (!inserted) slot->second = add_gradients(slot->second, g);
+      } else {
+        accumulate_into_leaf(in, g);
+      }
+    }
+    if (!retain_graph) {
+      node->backward = nullptr;  // frees saved activations now rather than at graph destruction
+      node->inputs.clear();
+    }
+  }
+}
+
+}  // namespace zsq

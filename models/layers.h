@@ -1,0 +1,68 @@
+// Building-block modules. Convolution weights are OIHW contiguous; activations leave a conv
+// channels-last. Initialization follows PyTorch's CIFAR-ResNet habits (Kaiming-normal, fan_out, for
+// convs; uniform +-1/sqrt(fan_in) for linear layers; BN gamma 1, beta 0).
+#pragma once
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "engine/module.h"
+#include "engine/rng.h"
+#include "ops/batch_norm.h"
+#include "ops/conv2d.h"
+
+namespace zsq::models {
+
+class Conv2d : public Module {
+ public:
+  Conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, const ops::Conv2dParams& params, bool bias,
+         Rng& rng);
+  Tensor forward(const Tensor& x) override;
+  const ops::Conv2dParams& params() const { return params_; }
+  Tensor weight, bias;
+
+ private:
+  ops::Conv2dParams params_;
+};
+
+class BatchNorm2d : public Module {
+ public:
+  explicit BatchNorm2d(std::int64_t channels, float momentum = 0.1f, float eps = 1e-5f);
+  Tensor forward(const Tensor& x) override;
+  std::int64_t channels() const { return weight.size(0); }
+  float eps() const { return options_.eps; }
+  Tensor weight, bias, running_mean, running_var;
+  // Called with every input this layer sees (the BN-statistics losses of the zero-shot methods read
+  // the teacher's BN inputs through it). Unset by default.
+  std::function<void(const Tensor&)> input_tap;
+
+ private:
+  ops::BatchNormOptions options_;
+};
+
+class Linear : public Module {
+ public:
+  Linear(std::int64_t in, std::int64_t out, bool bias, Rng& rng);
+  Tensor forward(const Tensor& x) override;
+  Tensor weight, bias;
+};
+
+// Conv -> BN -> optional ReLU, the unit every CNN here is built from.
+class ConvBnAct : public Module {
+ public:
+  ConvBnAct(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t stride, std::int64_t groups,
+            bool relu, Rng& rng);
+  Tensor forward(const Tensor& x) override;
+  std::shared_ptr<Conv2d> conv;
+  std::shared_ptr<BatchNorm2d> bn;
+  bool relu;
+};
+
+// Base of image classifiers: exposes what quantization and the zero-shot losses need to find.
+class Classifier : public Module {
+ public:
+  virtual std::vector<BatchNorm2d*> batch_norms() = 0;
+  virtual std::int64_t num_classes() const = 0;
+};
+
+}  // namespace zsq::models

@@ -1,0 +1,134 @@
+// oneDNN convolution by the book: activations forced to nhwc (what the AVX-512 kernels like and what
+// zsq's channels-last tensors already are), weights `any` so oneDNN picks its blocked layout, the
+// forward descriptor as the hint for both backward passes, and every descriptor cached by shape.
+// Master weights stay OIHW; the (small) reorders into each pass's layout are cached primitives.
+#include "ops/conv2d.h"
+#include "ops/cpu/dnnl_context.h"
+
+namespace zsq::ops::dnnl_impl {
+
+using dnnl::memory;
+using tag = memory::format_tag;
+using dt = memory::data_type;
+
+namespace {
+struct ConvDescs {
+  memory::desc src, weights_user, weights_any, bias, dst;
+  memory::dims strides, dilates, pad_l, pad_r;
+  std::string key;
+};
+
+ConvDescs describe(const Shape& x, const Shape& w, bool with_bias, const Conv2dParams& p) {
+  ConvDescs d;
+  const auto O = w[0], KH = w[2], KW = w[3];
+  const auto OH = (x[2] + 2 * p.pad_h - p.dilation_h * (KH - 1) - 1) / p.stride_h + 1;
+  const auto OW = (x[3] + 2 * p.pad_w - p.dilation_w * (KW - 1) - 1) / p.stride_w + 1;
+  d.src = cpu::activation_desc(x, MemoryFormat::channels_last);
+  d.dst = cpu::activation_desc({x[0], O, OH, OW}, MemoryFormat::channels_last);
+  if (p.groups == 1) {
+    d.weights_user = memory::desc({O, w[1], KH, KW}, dt::f32, tag::oihw);
+    d.weights_any = memory::desc({O, w[1], KH, KW}, dt::f32, tag::any);
+  } else {
+    // [O, C/G, KH, KW] row-major is exactly goihw with dims [G, O/G, C/G, KH, KW].
+    memory::dims gd{p.groups, O / p.groups, w[1], KH, KW};
+    d.weights_user = memory::desc(gd, dt::f32, tag::goihw);
+    d.weights_any = memory::desc(gd, dt::f32, tag::any);
+  }
+  d.bias = with_bias ? memory::desc({O}, dt::f32, tag::x) : memory::desc();
+  d.strides = {p.stride_h, p.stride_w};
+  d.dilates = {p.dilation_h - 1, p.dilation_w - 1};
+  d.pad_l = {p.pad_h, p.pad_w};
+  // Right padding so that the output size matches the formula exactly (oneDNN checks consistency).
+  d.pad_r = {(OH - 1) * p.stride_h + p.dilation_h * (KH - 1) + 1 - x[2] - p.pad_h,
+             (OW - 1) * p.stride_w + p.dilation_w * (KW - 1) + 1 - x[3] - p.pad_w};
+  d.key = fmt::format("{}|{}|b{}|s{},{}|p{},{}|d{},{}|g{}", shape_str(x), shape_str(w), with_bias, p.stride_h,
+                      p.stride_w, p.pad_h, p.pad_w, p.dilation_h, p.dilation_w, p.groups);
+  return d;
+}
+
+dnnl::convolution_forward::primitive_desc& forward_pd(const ConvDescs& d, bool training) {
+  return cpu::dnnl_cached<dnnl::convolution_forward::primitive_desc>(
+      (training ? "conv_fwd_train:" : "conv_fwd_infer:") + d.key, [&] {
+        const auto prop = training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
+        auto desc = d.bias ? dnnl::convolution_forward::desc(prop, dnnl::algorithm::convolution_direct, d.src,
+                                                             d.weights_any, d.bias, d.dst, d.strides, d.dilates,
+                                                             d.pad_l, d.pad_r)
+                           : dnnl::convolution_forward::desc(prop, dnnl::algorithm::convolution_direct, d.src,
+                                                             d.weights_any, d.dst, d.strides, d.dilates, d.pad_l,
+                                                             d.pad_r);
+        return dnnl::convolution_forward::primitive_desc(desc, cpu::dnnl_engine());
+      });
+}
+
+}  // namespace
+
+Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p,
+                      bool training) {
+  const ConvDescs d = describe(x.shape(), weight.shape(), bias.defined(), p);
+  auto& pd = forward_pd(d, training);
+  auto& prim = cpu::dnnl_cached<dnnl::convolution_forward>(
+      (training ? "conv_fwd_train_prim:" : "conv_fwd_infer_prim:") + d.key,
+      [&] { return dnnl::convolution_forward(pd); });
+  Tensor out = Tensor::empty(
+      {x.size(0), weight.size(0), d.dst.dims()[2], d.dst.dims()[3]}, DType::f32, MemoryFormat::channels_last);
+  auto src = cpu::ReorderedMemory::input(pd.src_desc(), cpu::activation_desc(x), x.raw_data());
+  auto wts = cpu::ReorderedMemory::input(pd.weights_desc(), d.weights_user, weight.raw_data());
+  memory dst(pd.dst_desc(), cpu::dnnl_engine(), out.raw_data());
+  std::unordered_map<int, memory> args{
+      {DNNL_ARG_SRC, src.memory()}, {DNNL_ARG_WEIGHTS, wts.memory()}, {DNNL_ARG_DST, dst}};
+  if (bias.defined()) args.emplace(DNNL_ARG_BIAS, memory(d.bias, cpu::dnnl_engine(), bias.raw_data()));
+  prim.execute(cpu::dnnl_stream(), args);
+  cpu::dnnl_stream().wait();
+  return out;
+}
+
+Tensor conv2d_backward_data(const Tensor& grad_out, const Tensor& weight, const Shape& x_shape,
+                            const Conv2dParams& p) {
+  const ConvDescs d = describe(x_shape, weight.shape(), false, p);
+  auto& pd = cpu::dnnl_cached<dnnl::convolution_backward_data::primitive_desc>("conv_bwd_data:" + d.key, [&] {
+    dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct, d.src, d.weights_any, d.dst,
+                                               d.strides, d.dilates, d.pad_l, d.pad_r);
+    return dnnl::convolution_backward_data::primitive_desc(desc, cpu::dnnl_engine(), forward_pd(d, true));
+  });
+  auto& prim = cpu::dnnl_cached<dnnl::convolution_backward_data>(
+      "conv_bwd_data_prim:" + d.key, [&] { return dnnl::convolution_backward_data(pd); });
+  Tensor grad_x = Tensor::empty(x_shape, DType::f32, MemoryFormat::channels_last);
+  auto diff_dst = cpu::ReorderedMemory::input(pd.diff_dst_desc(), cpu::activation_desc(grad_out), grad_out.raw_data());
+  auto wts = cpu::ReorderedMemory::input(pd.weights_desc(), d.weights_user, weight.raw_data());
+  memory diff_src(pd.diff_src_desc(), cpu::dnnl_engine(), grad_x.raw_data());
+  prim.execute(cpu::dnnl_stream(),
+               {{DNNL_ARG_DIFF_DST, diff_dst.memory()}, {DNNL_ARG_WEIGHTS, wts.memory()}, {DNNL_ARG_DIFF_SRC, diff_src}});
+  cpu::dnnl_stream().wait();
+  return grad_x;
+}
+
+void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape, bool with_bias,
+                             const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias) {
+  const ConvDescs d = describe(x.shape(), weight_shape, with_bias, p);
+  auto& pd = cpu::dnnl_cached<dnnl::convolution_backward_weights::primitive_desc>("conv_bwd_w:" + d.key, [&] {
+    auto desc = with_bias ? dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, d.src,
+                                                                     d.weights_any, d.bias, d.dst, d.strides,
+                                                                     d.dilates, d.pad_l, d.pad_r)
+                          : dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, d.src,
+                                                                     d.weights_any, d.dst, d.strides, d.dilates,
+                                                                     d.pad_l, d.pad_r);
+    return dnnl::convolution_backward_weights::primitive_desc(desc, cpu::dnnl_engine(), forward_pd(d, true));
+  });
+  auto& prim = cpu::dnnl_cached<dnnl::convolution_backward_weights>(
+      "conv_bwd_w_prim:" + d.key, [&] { return dnnl::convolution_backward_weights(pd); });
+  grad_weight = Tensor::empty(weight_shape);
+  auto src = cpu::ReorderedMemory::input(pd.src_desc(), cpu::activation_desc(x), x.raw_data());
+  auto diff_dst = cpu::ReorderedMemory::input(pd.diff_dst_desc(), cpu::activation_desc(grad_out), grad_out.raw_data());
+  auto diff_w = cpu::ReorderedMemory::output(pd.diff_weights_desc(), d.weights_user, grad_weight.raw_data());
+  std::unordered_map<int, memory> args{
+      {DNNL_ARG_SRC, src.memory()}, {DNNL_ARG_DIFF_DST, diff_dst.memory()}, {DNNL_ARG_DIFF_WEIGHTS, diff_w.memory()}};
+  if (with_bias) {
+    grad_bias = Tensor::empty({weight_shape[0]});
+    args.emplace(DNNL_ARG_DIFF_BIAS, memory(d.bias, cpu::dnnl_engine(), grad_bias.raw_data()));
+  }
+  prim.execute(cpu::dnnl_stream(), args);
+  diff_w.finish();
+  cpu::dnnl_stream().wait();
+}
+
+}  // namespace zsq::ops::dnnl_impl

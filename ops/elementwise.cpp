@@ -1,0 +1,100 @@
+#include "ops/elementwise.h"
+
+#include <cmath>
+
+#include "engine/autograd.h"
+#include "ops/cpu/kernels.h"
+
+namespace zsq::ops {
+
+namespace {
+void check_binary(const char* op, const Tensor& a, const Tensor& b) {
+  ZSQ_CHECK(a.defined() && b.defined(), "{}: undefined operand", op);
+  ZSQ_CHECK(a.shape() == b.shape(), "{}: shapes differ: {} vs {}", op, a.str(), b.str());
+  ZSQ_CHECK(a.dtype() == DType::f32 && b.dtype() == DType::f32, "{}: f32 operands expected, got {} and {}", op,
+            a.str(), b.str());
+}
+
+// b read in a's memory format (a copy only when the formats really differ).
+Tensor like(const Tensor& b, const Tensor& a) { return b.format() == a.format() ? b : b.to_format(a.format()); }
+
+template <typename F>
+Tensor map_binary(const Tensor& a, const Tensor& b, F f) {
+  Tensor bb = like(b, a);
+  Tensor out = Tensor::empty(a.shape(), DType::f32, a.format());
+  cpu::parallel_map2(a.f32(), bb.f32(), out.f32(), a.numel(), f);
+  return out;
+}
+
+template <typename F>
+Tensor map_unary(const Tensor& a, F f) {
+  Tensor out = Tensor::empty(a.shape(), DType::f32, a.format());
+  cpu::parallel_map1(a.f32(), out.f32(), a.numel(), f);
+  return out;
+}
+}  // namespace
+
+Tensor add(const Tensor& a, const Tensor& b) {
+  check_binary("add", a, b);
+  Tensor out = map_binary(a, b, [](float x, float y) { return x + y; });
+  return record(out, "add", {a, b}, [](const Tensor& g, const std::vector<bool>&) {
+    return std::vector<Tensor>{g, g};
+  });
+}
+
+Tensor sub(const Tensor& a, const Tensor& b) {
+  check_binary("sub", a, b);
+  Tensor out = map_binary(a, b, [](float x, float y) { return x - y; });
+  return record(out, "sub", {a, b}, [](const Tensor& g, const std::vector<bool>& needs) {
+    return std::vector<Tensor>{g, needs[1] ? affine_scalar(g, -1.0f, 0.0f) : Tensor()};
+  });
+}
+
+Tensor mul(const Tensor& a, const Tensor& b) {
+  check_binary("mul", a, b);
+  Tensor out = map_binary(a, b, [](float x, float y) { return x * y; });
+  Tensor sa = a.detach(), sb = b.detach();
+  return record(out, "mul", {a, b}, [sa, sb](const Tensor& g, const std::vector<bool>& needs) {
+    return std::vector<Tensor>{needs[0] ? map_binary(g, sb, [](float x, float y) { return x * y; }) : Tensor(),
+                               needs[1] ? map_binary(g, sa, [](float x, float y) { return x * y; }) : Tensor()};
+  });
+}
+
+Tensor affine_scalar(const Tensor& a, float scale, float shift) {
+  ZSQ_CHECK(a.defined() && a.dtype() == DType::f32, "affine_scalar: f32 operand expected, got {}", a.str());
+  Tensor out = map_unary(a, [=](float x) { return x * scale + shift; });
+  return record(out, "affine_scalar", {a}, [scale](const Tensor& g, const std::vector<bool>&) {
+    return std::vector<Tensor>{map_unary(g, [=](float x) { return x * scale; })};
+  });
+}
+
+Tensor relu(const Tensor& x) {
+  ZSQ_CHECK(x.defined() && x.dtype() == DType::f32, "relu: f32 input expected, got {}", x.str());
+  Tensor out = map_unary(x, [](float v) { return v > 0.0f ? v : 0.0f; });
+  Tensor saved = out.detach();  // the output decides the mask; saving it avoids keeping the input alive
+  return record(out, "relu", {x}, [saved](const Tensor& g, const std::vector<bool>&) {
+    return std::vector<Tensor>{map_binary(g, saved, [](float gv, float y) { return y > 0.0f ? gv : 0.0f; })};
+  });
+}
+
+Tensor leaky_relu(const Tensor& x, float slope) {
+  ZSQ_CHECK(x.defined() && x.dtype() == DType::f32, "leaky_relu: f32 input expected, got {}", x.str());
+  ZSQ_CHECK(slope >= 0.0f, "leaky_relu: negative_slope must be >= 0, got {}", slope);
+  Tensor out = map_unary(x, [=](float v) { return v > 0.0f ? v : v * slope; });
+  Tensor saved = out.detach();  // sign(out) == sign(x) for slope >= 0
+  return record(out, "leaky_relu", {x}, [saved, slope](const Tensor& g, const std::vector<bool>&) {
+    return std::vector<Tensor>{
+        map_binary(g, saved, [=](float gv, float y) { return y > 0.0f ? gv : gv * slope; })};
+  });
+}
+
+Tensor tanh(const Tensor& x) {
+  ZSQ_CHECK(x.defined() && x.dtype() == DType::f32, "tanh: f32 input expected, got {}", x.str());
+  Tensor out = map_unary(x, [](float v) { return std::tanh(v); });
+  Tensor saved = out.detach();
+  return record(out, "tanh", {x}, [saved](const Tensor& g, const std::vector<bool>&) {
+    return std::vector<Tensor>{map_binary(g, saved, [](float gv, float y) { return gv * (1.0f - y * y); })};
+  });
+}
+
+}  // namespace zsq::ops

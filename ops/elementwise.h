@@ -1,0 +1,31 @@
+// Element-wise ops. Binary ops take two tensors of the same logical shape (formats may differ: the
+// result takes the first operand's format). Kernels write fresh outputs; autograd accumulates.
+#pragma once
+#include "engine/tensor.h"
+
+namespace zsq::ops {
+
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+// a * scale + shift, scale and shift constants.
+Tensor affine_scalar(const Tensor& a, float scale, float shift);
+inline Tensor mul_scalar(const Tensor& a, float s) { return affine_scalar(a, s, 0.0f); }
+inline Tensor add_scalar(const Tensor& a, float s) { return affine_scalar(a, 1.0f, s); }
+
+Tensor relu(const Tensor& x);
+Tensor leaky_relu(const Tensor& x, float negative_slope = 0.01f);
+Tensor tanh(const Tensor& x);
+
+// Reference loops (the test oracle; never optimized), in ops/cpu/ref_elementwise.cpp.
+namespace ref {
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor affine_scalar(const Tensor& a, float scale, float shift);
+Tensor relu(const Tensor& x);
+Tensor leaky_relu(const Tensor& x, float negative_slope);
+Tensor tanh(const Tensor& x);
+}  // namespace ref
+
+}  // namespace zsq::ops

@@ -1,0 +1,145 @@
+// zsq train: trains a teacher on Fashion-MNIST with SGD (Nesterov) and a per-step cosine schedule.
+// After every epoch it evaluates on the test set and writes FILE.state (model + optimizer + epoch,
+// atomically), so `--resume` continues an interrupted run exactly where its last epoch ended.
+#include <omp.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "engine/autograd.h"
+#include "engine/optim.h"
+#include "engine/progress.h"
+#include "models/model_file.h"
+#include "ops/loss.h"
+#include "tools/commands.h"
+#include "tools/evaluate.h"
+
+namespace zsq::cli {
+
+namespace {
+struct TrainOptions {
+  CommonOptions common;
+  std::string model = "resnet20", data, out;
+  std::int64_t epochs = 15, batch = 128;
+  float lr = 0.1f, momentum = 0.9f, weight_decay = 5e-4f;
+  bool resume = false, no_augment = false, no_test = false;
+};
+
+std::string state_path(const std::string& out) { return out + ".state"; }
+
+void run_train(const TrainOptions& o) {
+  apply_common_options(o.common);
+  const auto train = load_fashion_mnist(o.data, Split::train);
+  const auto test = o.no_test ? FashionMnist{} : load_fashion_mnist(o.data, Split::test);
+
+  models::ModelSpec spec = models::resolve_model_spec(o.model);
+  Rng init_rng = global_rng().fork(1);
+  auto model = models::build_model(spec, init_rng);
+  SgdOptions sgd_options{.lr = o.lr, .momentum = o.momentum, .weight_decay = o.weight_decay, .nesterov = o.momentum > 0};
+  Sgd sgd(model->parameters(), sgd_options);
+  BatchLoader loader(train, o.batch, true, !o.no_augment, global_rng().fork(2), /*drop_last=*/false);
+  const std::int64_t steps_per_epoch = loader.batches_per_epoch();
+  CosineSchedule schedule(o.lr, o.epochs * steps_per_epoch);
+
+  std::int64_t first_epoch = 0;
+  if (o.resume) {
+    const std::string path = state_path(o.out);
+    ZSQ_CHECK(std::filesystem::exists(path), "--resume: no training state at {} (it is written after each epoch)",
+              path);
+    const Checkpoint state = load_checkpoint(path);
+    auto loaded = models::model_from_checkpoint(state);
+    ZSQ_CHECK(loaded.spec.name == spec.name, "{}: state is for model {}, --model is {}", path, loaded.spec.name,
+              spec.name);
+    ZSQ_CHECK(state.metadata.count("zsq.train.seed") && state.metadata.at("zsq.train.seed") ==
+                                                          std::to_string(o.common.seed),
+              "{}: state was written with a different --seed; resume with the same seed", path);
+    model->load_state(loaded.model->named_state(), path);
+    std::vector<std::pair<std::string, Tensor>> optim_state;
+    for (const auto& [name, t] : state.tensors)
+      if (name.rfind("optim.", 0) == 0) optim_state.emplace_back(name.substr(6), t);
+    sgd.load_state(optim_state);
+    first_epoch = std::stoll(state.metadata.at("zsq.train.epochs_done"));
+    fmt::print(stderr, "resuming {} from epoch {}/{}\n", path, first_epoch, o.epochs);
+  }
+
+  fmt::print(stderr, "training {} ({} parameters) on {} images, batch {}, {} epochs, {} threads\n", spec.name,
+             model->parameter_count(), train.size(), o.batch, o.epochs, omp_get_max_threads());
+  Progress progress("train", o.epochs * steps_per_epoch, "img");
+  double last_test = NAN;
+  for (std::int64_t epoch = first_epoch; epoch < o.epochs; ++epoch) {
+    model->train();
+    loader.start_epoch(epoch);
+    Tensor images, labels;
+    double loss_sum = 0.0;
+    std::int64_t seen = 0, correct = 0, step = 0;
+    while (loader.next(images, labels)) {
+      const std::int64_t global_step = epoch * steps_per_epoch + step++;
+      sgd.set_lr(schedule.at(global_step));
+      Tensor logits = model->forward(images);
+      Tensor loss = ops::cross_entropy(logits, labels);
+      const float loss_value = loss.item();
+      ZSQ_CHECK(std::isfinite(loss_value), "training loss became {} at epoch {} step {}; try a lower --lr", loss_value,
+                epoch + 1, step);
+      sgd.zero_grad();
+      loss.backward();
+      sgd.step();
+      loss_sum += static_cast<double>(loss_value) * images.size(0);
+      seen += images.size(0);
+      correct += count_correct(logits.detach(), labels);
+      progress.update(global_step + 1,
+                      fmt::format("epoch {}/{} loss {:.4f} acc {:.2f}% lr {:.4f}", epoch + 1, o.epochs,
+                                  loss_sum / seen, 100.0 * correct / seen, sgd.lr()),
+                      static_cast<double>(o.batch));
+    }
+    std::string test_text;
+    if (!o.no_test) {
+      last_test = evaluate(*model, test, 500).accuracy;
+      test_text = fmt::format(" test acc {:.2f}%", 100.0 * last_test);
+    }
+    fmt::print(stderr, "epoch {}/{}: train loss {:.4f} train acc {:.2f}%{}\n", epoch + 1, o.epochs, loss_sum / seen,
+               100.0 * correct / seen, test_text);
+    Checkpoint state(model->named_state(),
+                     {{"zsq.arch", spec.name},
+                      {"zsq.config", spec.config.dump()},
+                      {"zsq.train.epochs_done", std::to_string(epoch + 1)},
+                      {"zsq.train.seed", std::to_string(o.common.seed)}});
+    for (auto& [name, t] : sgd.state()) state.add("optim." + name, t);
+    save_checkpoint(state_path(o.out), state);
+  }
+  progress.finish();
+  std::map<std::string, std::string> meta{{"zsq.train.epochs", std::to_string(o.epochs)},
+                                          {"zsq.train.batch", std::to_string(o.batch)},
+                                          {"zsq.train.lr", fmt::format("{}", o.lr)},
+                                          {"zsq.train.weight_decay", fmt::format("{}", o.weight_decay)},
+                                          {"zsq.train.seed", std::to_string(o.common.seed)},
+                                          {"zsq.train.augment", o.no_augment ? "none" : "crop2+flip"}};
+  if (!o.no_test) meta["zsq.test_accuracy"] = fmt::format("{:.4f}", last_test);
+  models::save_model(o.out, spec, *model, meta);
+  std::filesystem::remove(state_path(o.out));
+  fmt::print("saved {}{}\n", o.out, o.no_test ? "" : fmt::format(" (test accuracy {:.2f}%)", 100.0 * last_test));
+}
+}  // namespace
+
+void add_train_command(CLI::App& app) {
+  auto o = std::make_shared<TrainOptions>();
+  o->data = default_data_dir();
+  auto* verb = app.add_subcommand("train", "Train a full-precision teacher on Fashion-MNIST");
+  verb->add_option("--model", o->model, "Architecture (resnet20, resnet32, resnet56, mobilenetv2)")
+      ->capture_default_str();
+  verb->add_option("--data", o->data, "Fashion-MNIST directory (IDX .gz files)")->capture_default_str();
+  verb->add_option("--epochs", o->epochs, "Epochs")->check(CLI::PositiveNumber)->capture_default_str();
+  verb->add_option("--batch", o->batch, "Batch size")->check(CLI::PositiveNumber)->capture_default_str();
+  verb->add_option("--lr", o->lr, "Peak learning rate (cosine decay per step to 0)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  verb->add_option("--momentum", o->momentum, "Nesterov momentum (0 = plain SGD)")->capture_default_str();
+  verb->add_option("--wd", o->weight_decay, "Weight decay")->capture_default_str();
+  verb->add_option("--out", o->out, "Output model file (.safetensors)")->required();
+  verb->add_flag("--resume", o->resume, "Continue from OUT.state (written after every epoch)");
+  verb->add_flag("--no-augment", o->no_augment, "Disable random crop and flip");
+  verb->add_flag("--no-test", o->no_test, "Skip the per-epoch test-set evaluation");
+  add_common_options(verb, o->common);
+  verb->callback([o] { run_train(*o); });
+}
+
+}  // namespace zsq::cli

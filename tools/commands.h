@@ -1,0 +1,26 @@
+// The zsq verbs. Each cmd_<verb>.cpp registers its subcommand, options and callback.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <string>
+
+namespace zsq::cli {
+
+// Options every verb takes.
+struct CommonOptions {
+  std::uint64_t seed = 0;
+  int threads = 0;  // 0: all cores
+};
+// Adds --seed and --threads to `verb`; apply() seeds the global RNG and sets the thread count.
+void add_common_options(CLI::App* verb, CommonOptions& options);
+void apply_common_options(const CommonOptions& options);
+
+void add_train_command(CLI::App& app);
+void add_eval_command(CLI::App& app);
+void add_inspect_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
+
+// The Fashion-MNIST location used when --data is not given.
+std::string default_data_dir();
+
+}  // namespace zsq::cli

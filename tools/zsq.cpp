@@ -1,0 +1,54 @@
+// zsq: zero-shot quantization engine. One binary, one verb per job; see README.md.
+#include <omp.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "engine/check.h"
+#include "engine/rng.h"
+#include "tools/commands.h"
+#include "tools/datasets/fashion_mnist.h"
+
+namespace zsq::cli {
+
+void add_common_options(CLI::App* verb, CommonOptions& options) {
+  verb->add_option("--seed", options.seed, "Seed for every random draw (same seed + threads = same result)")
+      ->capture_default_str();
+  verb->add_option("--threads", options.threads, "CPU threads (0 = all cores)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+}
+
+void apply_common_options(const CommonOptions& options) {
+  global_rng().reseed(options.seed);
+  if (options.threads > 0) omp_set_num_threads(options.threads);
+}
+
+std::string default_data_dir() {
+  const char* env = std::getenv("ZSQ_DATA");
+  return env != nullptr ? env : kFashionMnistDir;
+}
+
+}  // namespace zsq::cli
+
+int main(int argc, char** argv) {
+  CLI::App app{"zsq: zero-shot (data-free) quantization of convolutional networks"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "zsq 0.1.0");
+  zsq::cli::add_train_command(app);
+  zsq::cli::add_eval_command(app);
+  zsq::cli::add_inspect_command(app);
+  zsq::cli::add_bench_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const zsq::Error& e) {
+    std::fprintf(stderr, "zsq: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "zsq: internal error: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}
