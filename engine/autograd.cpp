@@ -81,16 +81,17 @@ void run_backward(const Tensor& root, const Tensor& seed, bool retain_graph) {
   }
 
   // Iterative DFS post-order gives a topological order; deep nets must not overflow the stack.
-  std::vector<Node*> order;
+  // Shared ownership: releasing a node's inputs below must not free nodes still waiting in `order`.
+  std::vector<std::shared_ptr<Node>> order;
   std::unordered_set<Node*> visited;
-  std::vector<std::pair<Node*, std::size_t>> stack{{root.grad_fn().get(), 0}};
+  std::vector<std::pair<std::shared_ptr<Node>, std::size_t>> stack{{root.grad_fn(), 0}};
   visited.insert(root.grad_fn().get());
   while (!stack.empty()) {
     auto& [node, next] = stack.back();
     if (next < node->inputs.size()) {
       const Tensor& in = node->inputs[next++];
-      Node* child = in.defined() && in.grad_fn() ? in.grad_fn().get() : nullptr;
-      if (child != nullptr && visited.insert(child).second) stack.push_back({child, 0});
+      if (in.defined() && in.grad_fn() && visited.insert(in.grad_fn().get()).second)
+        stack.push_back({in.grad_fn(), 0});
     } else {
       order.push_back(node);
       stack.pop_back();
@@ -101,7 +102,7 @@ void run_backward(const Tensor& root, const Tensor& seed, bool retain_graph) {
   std::unordered_map<Node*, Tensor> pending;
   pending[root.grad_fn().get()] = root_grad;
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
-    Node* node = *it;
+    Node* node = it->get();
     auto found = pending.find(node);
     if (found == pending.end()) continue;  // no path from root carried a gradient here
     Tensor grad_out = std::move(found->second);

@@ -35,9 +35,10 @@ namespace dnnl_impl {
 // With use_global_stats, normalizes with `mean` / `var` (inputs). Otherwise computes the batch mean
 // and biased variance into fresh f32 [C] tensors returned through `mean` / `var`. `for_backward` builds
 // the training-kind primitive that the backward pass is hinted with.
-Tensor batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& mean, Tensor& var,
-                          bool use_global_stats, bool for_backward, float eps);
-// grad_out has x's shape and format. grad_weight / grad_bias are computed only when with_weight_grads.
+Tensor batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& mean,
+                          Tensor& var, bool use_global_stats, bool for_backward, float eps);
+// grad_out has x's shape and format. grad_weight / grad_bias are always computed except in eval mode
+// without with_weight_grads (a per-channel scaling of grad_out then).
 void batch_norm_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight, const Tensor& mean,
                          const Tensor& var, bool use_global_stats, bool with_weight_grads, float eps,
                          Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias);

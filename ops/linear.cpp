@@ -9,13 +9,14 @@ void check_linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   ZSQ_CHECK(x.defined() && weight.defined(), "linear: undefined input or weight");
   ZSQ_CHECK(x.dim() == 2 && x.dtype() == DType::f32,
             "linear: input must be 2-D f32 [N, K] (flatten 4-D activations first), got {}", x.str());
-  ZSQ_CHECK(weight.dim() == 2 && weight.dtype() == DType::f32, "linear: weight must be 2-D f32 [M, K], got {}",
-            weight.str());
-  ZSQ_CHECK(x.size(1) == weight.size(1), "linear: input {} and weight {} do not match (K = {} vs {})", x.str(),
-            weight.str(), x.size(1), weight.size(1));
+  ZSQ_CHECK(weight.dim() == 2 && weight.dtype() == DType::f32,
+            "linear: weight must be 2-D f32 [M, K], got {}", weight.str());
+  ZSQ_CHECK(x.size(1) == weight.size(1), "linear: input {} and weight {} do not match (K = {} vs {})",
+            x.str(), weight.str(), x.size(1), weight.size(1));
   if (bias.defined())
     ZSQ_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0) && bias.dtype() == DType::f32,
-              "linear: bias must be f32 [{}] for weight {}, got {}", weight.size(0), weight.str(), bias.str());
+              "linear: bias must be f32 [{}] for weight {}, got {}", weight.size(0), weight.str(),
+              bias.str());
 }
 }  // namespace
 

@@ -145,9 +145,30 @@ Plan make_plan(const char* op, const Tensor& x, const std::vector<std::int64_t>&
   return p;
 }
 
-int threads() { return omp_get_max_threads(); }
+int threads() {
+  return omp_get_max_threads();
+}
 
-// acc[o] = sum over the inputs i that reduce into o of f(x[i], o). acc has out_numel entries.
+constexpr std::int64_t kRowBlock = 128;  // rows summed in float (vector lanes) before a flush into double
+
+// acc[c] += sum over rows [r0, r1) of f(x[r * L + c], c) for c in [c0, c1); part has c1 - c0 floats.
+template <typename F>
+void column_block(const float* __restrict x, std::int64_t L, std::int64_t r0, std::int64_t r1,
+                  std::int64_t c0, std::int64_t c1, double* __restrict acc, float* __restrict part, F f) {
+  for (std::int64_t b = r0; b < r1; b += kRowBlock) {
+    const std::int64_t be = std::min(r1, b + kRowBlock);
+    std::fill(part, part + (c1 - c0), 0.0f);
+    for (std::int64_t r = b; r < be; ++r) {
+      const float* row = x + r * L;
+#pragma omp simd
+      for (std::int64_t c = c0; c < c1; ++c) part[c - c0] += f(row[c], c);
+    }
+    for (std::int64_t c = c0; c < c1; ++c) acc[c] += part[c - c0];
+  }
+}
+
+// acc[o] = sum over the inputs i that reduce into o of f(x[i], o), f returning float. acc has out_numel
+// entries and accumulates in double (the column path in float blocks of kRowBlock rows first).
 template <typename F>
 void reduce_kernel(const Plan& p, const float* __restrict x, double* __restrict acc, F f) {
   std::fill(acc, acc + p.out_numel, 0.0);
@@ -159,28 +180,23 @@ void reduce_kernel(const Plan& p, const float* __restrict x, double* __restrict 
       // Wide rows: each thread owns a block of columns and walks all rows.
 #pragma omp parallel for schedule(static) if (big)
       for (std::int64_t c0 = 0; c0 < L; c0 += 64) {
-        const std::int64_t c1 = std::min(L, c0 + 64);
-        for (std::int64_t r = 0; r < R; ++r) {
-          const float* row = x + r * L;
-#pragma omp simd
-          for (std::int64_t c = c0; c < c1; ++c) acc[c] += f(row[c], c);
-        }
+        float part[64];
+        column_block(x, L, 0, R, c0, std::min(L, c0 + 64), acc, part, f);
       }
       return;
     }
-    // Narrow rows (channels): split the rows, accumulate per thread, merge.
+    // Narrow rows (the channels of a channels-last map): blocks of rows per thread, merged at the end.
+    const std::int64_t blocks = (R + kRowBlock - 1) / kRowBlock;
 #pragma omp parallel
     {
       std::vector<double> local(static_cast<std::size_t>(L), 0.0);
-      double* __restrict l = local.data();
+      std::vector<float> part(static_cast<std::size_t>(L));
 #pragma omp for schedule(static) nowait
-      for (std::int64_t r = 0; r < R; ++r) {
-        const float* row = x + r * L;
-#pragma omp simd
-        for (std::int64_t c = 0; c < L; ++c) l[c] += f(row[c], c);
-      }
+      for (std::int64_t t = 0; t < blocks; ++t)
+        column_block(x, L, t * kRowBlock, std::min(R, (t + 1) * kRowBlock), 0, L, local.data(), part.data(),
+                     f);
 #pragma omp critical
-      for (std::int64_t c = 0; c < L; ++c) acc[c] += l[c];
+      for (std::int64_t c = 0; c < L; ++c) acc[c] += local[static_cast<std::size_t>(c)];
     }
     return;
   }
@@ -295,7 +311,9 @@ Tensor from_doubles(const Shape& shape, const std::vector<double>& v, double sca
 }
 
 // The output gradient as contiguous floats (a channels-last 4-D keepdim gradient is converted).
-Tensor contiguous_grad(const Tensor& g) { return g.to_format(MemoryFormat::contiguous); }
+Tensor contiguous_grad(const Tensor& g) {
+  return g.to_format(MemoryFormat::contiguous);
+}
 
 // d/dx of sum(x) * scale: the output gradient broadcast back over the reduced axes, in x's format.
 Tensor broadcast_grad(const std::shared_ptr<const Plan>& plan, const Shape& x_shape, MemoryFormat format,
@@ -303,7 +321,8 @@ Tensor broadcast_grad(const std::shared_ptr<const Plan>& plan, const Shape& x_sh
   Tensor gc = contiguous_grad(g);
   Tensor out = Tensor::empty(x_shape, DType::f32, format);
   if (out.numel() == 0) return out;
-  broadcast_kernel(*plan, gc.f32(), out.f32(), [=](float gv, std::int64_t, std::int64_t) { return gv * scale; });
+  broadcast_kernel(*plan, gc.f32(), out.f32(),
+                   [=](float gv, std::int64_t, std::int64_t) { return gv * scale; });
   return out;
 }
 
@@ -318,7 +337,7 @@ Tensor reduce_sum(const char* op, Kind kind, const Tensor& x, const std::vector<
     out = Tensor::full(plan->out_shape, kind == Kind::mean ? std::numeric_limits<float>::quiet_NaN() : 0.0f);
   } else {
     std::vector<double> acc(static_cast<std::size_t>(plan->out_numel));
-    reduce_kernel(*plan, x.f32(), acc.data(), [](float v, std::int64_t) { return static_cast<double>(v); });
+    reduce_kernel(*plan, x.f32(), acc.data(), [](float v, std::int64_t) { return v; });
     out = from_doubles(plan->out_shape, acc, scale);
   }
   const Shape x_shape = x.shape();
@@ -341,33 +360,38 @@ Tensor mean(const Tensor& x, const std::vector<std::int64_t>& axes, bool keepdim
 Tensor variance(const Tensor& x, const std::vector<std::int64_t>& axes, bool keepdim, bool unbiased) {
   auto plan = std::make_shared<const Plan>(make_plan("variance", x, axes, keepdim));
   const double denom = static_cast<double>(plan->count) - (unbiased ? 1.0 : 0.0);
-  auto means = std::make_shared<std::vector<double>>(static_cast<std::size_t>(plan->out_numel));
+  // Means rounded to float: deviations x - mean are then formed exactly enough in float lanes.
+  auto means = std::make_shared<std::vector<float>>(static_cast<std::size_t>(plan->out_numel));
   Tensor out;
   if (x.numel() == 0) {
     out = Tensor::full(plan->out_shape, std::numeric_limits<float>::quiet_NaN());
   } else {
     // Two passes (mean, then squared deviations) for accuracy when |mean| >> stddev.
-    reduce_kernel(*plan, x.f32(), means->data(), [](float v, std::int64_t) { return static_cast<double>(v); });
-    for (auto& m : *means) m /= static_cast<double>(plan->count);
     std::vector<double> acc(means->size());
-    const double* m = means->data();
+    reduce_kernel(*plan, x.f32(), acc.data(), [](float v, std::int64_t) { return v; });
+    for (std::size_t o = 0; o < acc.size(); ++o)
+      (*means)[o] = static_cast<float>(acc[o] / static_cast<double>(plan->count));
+    const float* m = means->data();
     reduce_kernel(*plan, x.f32(), acc.data(), [=](float v, std::int64_t o) {
-      const double d = static_cast<double>(v) - m[o];
+      const float d = v - m[o];
       return d * d;
     });
     out = from_doubles(plan->out_shape, acc, 1.0 / denom);
   }
   Tensor saved = x.requires_grad() ? x.detach() : Tensor();
   return record(out, "variance", {x}, [=](const Tensor& g, const std::vector<bool>&) {
+    // d var / dx = 2 (x - mean) / denom: per output o, grad = coef[o] * (x - mean[o]).
     Tensor gc = contiguous_grad(g);
+    Tensor coef = Tensor::empty({plan->out_numel});
+    const float* pg = gc.f32();
+    float* pc = coef.f32();
+    for (std::int64_t o = 0; o < plan->out_numel; ++o) pc[o] = static_cast<float>(pg[o] * 2.0 / denom);
     Tensor grad = Tensor::empty(saved.shape(), DType::f32, saved.format());
     if (grad.numel() == 0) return std::vector<Tensor>{grad};
     const float* xs = saved.f32();
-    const double* m = means->data();
-    const double k = 2.0 / denom;
-    broadcast_kernel(*plan, gc.f32(), grad.f32(), [=](float gv, std::int64_t o, std::int64_t i) {
-      return static_cast<float>(gv * k * (static_cast<double>(xs[i]) - m[o]));
-    });
+    const float* m = means->data();
+    broadcast_kernel(*plan, pc, grad.f32(),
+                     [=](float c, std::int64_t o, std::int64_t i) { return c * (xs[i] - m[o]); });
     return std::vector<Tensor>{grad};
   });
 }
@@ -387,7 +411,8 @@ Tensor reshape(const Tensor& x, const Shape& shape) {
     }
   }
   if (infer >= 0) {
-    ZSQ_CHECK(known > 0 && x.numel() % known == 0, "reshape: cannot reshape {} to {}", x.str(), shape_str(shape));
+    ZSQ_CHECK(known > 0 && x.numel() % known == 0, "reshape: cannot reshape {} to {}", x.str(),
+              shape_str(shape));
     target[static_cast<std::size_t>(infer)] = x.numel() / known;
   }
   ZSQ_CHECK(shape_numel(target) == x.numel(), "reshape: cannot reshape {} ({} elements) to {} ({} elements)",

@@ -21,6 +21,8 @@ struct TrainOptions {
   CommonOptions common;
   std::string model = "resnet20", data, out;
   std::int64_t epochs = 15, batch = 128;
+  std::int64_t limit = 0;            // use only the first N training images (smoke tests)
+  std::int64_t stop_after_epoch = 0;  // exit after this epoch's state is written (simulates a kill)
   float lr = 0.1f, momentum = 0.9f, weight_decay = 5e-4f;
   bool resume = false, no_augment = false, no_test = false;
 };
@@ -29,7 +31,11 @@ std::string state_path(const std::string& out) { return out + ".state"; }
 
 void run_train(const TrainOptions& o) {
   apply_common_options(o.common);
-  const auto train = load_fashion_mnist(o.data, Split::train);
+  auto train = load_fashion_mnist(o.data, Split::train);
+  if (o.limit > 0 && o.limit < train.size()) {
+    train.labels.resize(static_cast<std::size_t>(o.limit));
+    train.images.resize(static_cast<std::size_t>(o.limit * kFashionRawSize * kFashionRawSize));
+  }
   const auto test = o.no_test ? FashionMnist{} : load_fashion_mnist(o.data, Split::test);
 
   models::ModelSpec spec = models::resolve_model_spec(o.model);
@@ -105,6 +111,10 @@ void run_train(const TrainOptions& o) {
                       {"zsq.train.seed", std::to_string(o.common.seed)}});
     for (auto& [name, t] : sgd.state()) state.add("optim." + name, t);
     save_checkpoint(state_path(o.out), state);
+    if (o.stop_after_epoch == epoch + 1 && epoch + 1 < o.epochs) {
+      fmt::print(stderr, "stopping after epoch {} as asked; continue with --resume\n", epoch + 1);
+      return;
+    }
   }
   progress.finish();
   std::map<std::string, std::string> meta{{"zsq.train.epochs", std::to_string(o.epochs)},
@@ -138,6 +148,8 @@ void add_train_command(CLI::App& app) {
   verb->add_flag("--resume", o->resume, "Continue from OUT.state (written after every epoch)");
   verb->add_flag("--no-augment", o->no_augment, "Disable random crop and flip");
   verb->add_flag("--no-test", o->no_test, "Skip the per-epoch test-set evaluation");
+  verb->add_option("--limit", o->limit, "Train on the first N images only (smoke tests)");
+  verb->add_option("--stop-after-epoch", o->stop_after_epoch, "Exit after epoch K's state is written (tests resume)");
   add_common_options(verb, o->common);
   verb->callback([o] { run_train(*o); });
 }

@@ -51,7 +51,8 @@ Tensor gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const 
   const memory::desc c_md({N, M}, dt::f32, tag::ab);
   const memory::desc bias_md = bias.defined() ? memory::desc({1, M}, dt::f32, tag::ab) : memory::desc();
   auto& pd = cpu::dnnl_cached<dnnl::matmul::primitive_desc>(key, [&] {
-    auto desc = bias.defined() ? dnnl::matmul::desc(a_md, b_md, bias_md, c_md) : dnnl::matmul::desc(a_md, b_md, c_md);
+    auto desc =
+        bias.defined() ? dnnl::matmul::desc(a_md, b_md, bias_md, c_md) : dnnl::matmul::desc(a_md, b_md, c_md);
     return dnnl::matmul::primitive_desc(desc, cpu::dnnl_engine());
   });
   auto& prim = cpu::dnnl_cached<dnnl::matmul>(key + ":prim", [&] { return dnnl::matmul(pd); });

@@ -7,7 +7,8 @@ namespace {
 // C[i, j] = sum_k A(i, k) * B(k, j) (+ bias[j]) with A, B read through index functions.
 template <typename FA, typename FB>
 Tensor product(std::int64_t n, std::int64_t k, std::int64_t m, FA a, FB b, const Tensor& bias) {
-  std::vector<float> bv = bias.defined() ? bias.to_vector() : std::vector<float>(static_cast<std::size_t>(m), 0.0f);
+  std::vector<float> bv =
+      bias.defined() ? bias.to_vector() : std::vector<float>(static_cast<std::size_t>(m), 0.0f);
   std::vector<float> out(static_cast<std::size_t>(n * m));
   for (std::int64_t i = 0; i < n; ++i)
     for (std::int64_t j = 0; j < m; ++j) {
@@ -37,7 +38,9 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
       [&](auto t, auto j) { return bv[static_cast<std::size_t>(t * M + j)]; }, Tensor());
 }
 
-Tensor linear_backward_data(const Tensor& grad_out, const Tensor& weight) { return matmul(grad_out, weight); }
+Tensor linear_backward_data(const Tensor& grad_out, const Tensor& weight) {
+  return matmul(grad_out, weight);
+}
 
 void linear_backward_weights(const Tensor& grad_out, const Tensor& x, bool with_bias, Tensor& grad_weight,
                              Tensor& grad_bias) {
