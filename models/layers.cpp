@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "engine/autograd.h"
 #include "ops/elementwise.h"
 #include "ops/linear.h"
 
@@ -29,10 +30,13 @@ BatchNorm2d::BatchNorm2d(std::int64_t channels, float momentum, float eps) {
   running_var = register_buffer("running_var", Tensor::full({channels}, 1.0f));
 }
 
-Tensor BatchNorm2d::forward(const Tensor& x) {
+Tensor BatchNorm2d::forward(const Tensor& x) { return forward(x, false); }
+
+Tensor BatchNorm2d::forward(const Tensor& x, bool fuse_relu) {
   if (input_tap) input_tap(x);
   ops::BatchNormOptions o = options_;
   o.training = is_training();
+  o.fuse_relu = fuse_relu;
   return ops::batch_norm(x, weight, bias, running_mean, running_var, o);
 }
 
@@ -52,9 +56,33 @@ ConvBnAct::ConvBnAct(std::int64_t in, std::int64_t out, std::int64_t kernel, std
   bn = register_module("bn", std::make_shared<BatchNorm2d>(out));
 }
 
-Tensor ConvBnAct::forward(const Tensor& x) {
-  Tensor y = bn->forward(conv->forward(x));
-  return relu ? ops::relu(y) : y;
+Tensor ConvBnAct::forward(const Tensor& x) { return forward_with(x, Tensor(), relu); }
+
+bool ConvBnAct::can_fold(const Tensor& x) const {
+  return !bn->is_training() && !bn->input_tap &&
+         !any_requires_grad({&x, &conv->weight, &conv->bias, &bn->weight, &bn->bias});
+}
+
+Tensor ConvBnAct::forward_with(const Tensor& x, const Tensor& residual, bool relu_after) {
+  if (!can_fold(x)) {
+    if (!residual.defined()) return bn->forward(conv->forward(x), relu_after);  // BN+ReLU in one kernel
+    Tensor y = ops::add(bn->forward(conv->forward(x)), residual);
+    return relu_after ? ops::relu(y) : y;
+  }
+  // w'[o] = w[o] * gamma[o] / sqrt(var[o] + eps);  b'[o] = beta[o] + (b[o] - mean[o]) * gamma[o] / sqrt(...)
+  const auto out = conv->weight.size(0);
+  const auto per_out = conv->weight.numel() / out;
+  Tensor w = Tensor::empty(conv->weight.shape());
+  Tensor b = Tensor::empty({out});
+  const float *w0 = conv->weight.f32(), *gamma = bn->weight.f32(), *beta = bn->bias.f32();
+  const float *mean = bn->running_mean.f32(), *var = bn->running_var.f32();
+  for (std::int64_t o = 0; o < out; ++o) {
+    const float scale = gamma[o] / std::sqrt(var[o] + bn->eps());
+    for (std::int64_t i = 0; i < per_out; ++i) w.f32()[o * per_out + i] = w0[o * per_out + i] * scale;
+    const float conv_bias = conv->bias.defined() ? conv->bias.f32()[o] : 0.0f;
+    b.f32()[o] = beta[o] + (conv_bias - mean[o]) * scale;
+  }
+  return ops::conv2d_fused_inference(x, w, b, conv->params(), {residual, relu_after});
 }
 
 }  // namespace zsq::models

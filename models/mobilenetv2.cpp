@@ -19,8 +19,7 @@ InvertedResidual::InvertedResidual(std::int64_t in, std::int64_t out, std::int64
 
 Tensor InvertedResidual::forward(const Tensor& x) {
   Tensor h = expand ? expand->forward(x) : x;
-  h = project->forward(depthwise->forward(h));
-  return residual ? ops::add(h, x) : h;
+  return project->forward_with(depthwise->forward(h), residual ? x : Tensor(), /*relu_after=*/false);
 }
 
 namespace {

@@ -15,7 +15,7 @@ BasicBlock::BasicBlock(std::int64_t in, std::int64_t out, std::int64_t stride, R
 
 Tensor BasicBlock::forward(const Tensor& x) {
   Tensor residual = shortcut ? shortcut->forward(x) : x;
-  return ops::relu(ops::add(body2->forward(body1->forward(x)), residual));
+  return body2->forward_with(body1->forward(x), residual, /*relu_after=*/true);
 }
 
 CifarResNet::CifarResNet(const ResNetConfig& config, Rng& rng) : config_(config) {

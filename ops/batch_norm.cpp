@@ -40,8 +40,9 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
   // Eval mode saves a copy of the running stats so that a later update cannot change the backward.
   Tensor mean = use_global_stats ? (recording ? running_mean.clone() : running_mean) : Tensor();
   Tensor var = use_global_stats ? (recording ? running_var.clone() : running_var) : Tensor();
-  Tensor out =
-      dnnl_impl::batch_norm_forward(x, weight, bias, mean, var, use_global_stats, recording, options.eps);
+  Tensor workspace;
+  Tensor out = dnnl_impl::batch_norm_forward(x, weight, bias, mean, var, use_global_stats, recording, options.eps,
+                                             options.fuse_relu, &workspace);
 
   if (options.training && running_mean.defined()) {
     const auto n = static_cast<double>(x.numel() / x.size(1));
@@ -66,7 +67,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
     const bool with_weight_grads = needs[1] || needs[2];
     Tensor gx, gw, gb;
     dnnl_impl::batch_norm_backward(g.to_format(format), saved_x, saved_w, mean, var, use_global_stats,
-                                   with_weight_grads, eps, gx, gw, gb);
+                                   with_weight_grads, eps, gx, gw, gb, workspace);
     if (needs[0]) grads[0] = gx;
     if (needs[1]) grads[1] = gw;
     if (needs[2]) grads[2] = gb;

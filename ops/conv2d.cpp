@@ -31,6 +31,16 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
   return dnnl_impl::conv2d_forward(x, weight, bias, p, any_requires_grad({&x, &weight, &bias}));
 }
 
+Tensor conv2d_fused_inference(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p,
+                              const ConvEpilogue& epilogue) {
+  const Shape out_shape = conv2d_output_shape(x, weight, bias, p);
+  if (epilogue.residual.defined())
+    ZSQ_CHECK(epilogue.residual.shape() == out_shape && epilogue.residual.dtype() == DType::f32,
+              "conv2d_fused_inference: residual {} does not match the output {}", epilogue.residual.str(),
+              shape_str(out_shape));
+  return dnnl_impl::conv2d_forward(x, weight, bias, p, false, epilogue);
+}
+
 Tensor conv2d_backward_data(const Tensor& grad_out, const Tensor& weight, const Shape& x_shape,
                             const Conv2dParams& p) {
   return dnnl_impl::conv2d_backward_data(grad_out, weight, x_shape, p);

@@ -33,6 +33,18 @@ Tensor conv2d_backward_data(const Tensor& grad_out, const Tensor& weight, const 
 void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape, bool with_bias,
                              const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias);
 
+// What an inference-only convolution may fuse after the bias: a residual of the output's shape added
+// element-wise, then a ReLU. Lets eval-mode networks run conv+BN(folded)+add+ReLU as one pass.
+struct ConvEpilogue {
+  Tensor residual;
+  bool relu = false;
+};
+
+// y = relu?(conv(x, weight) + bias + residual?). No autograd: callers use it only when nothing needs a
+// gradient (evaluation, calibration). The reference is conv2d_forward followed by add and relu.
+Tensor conv2d_fused_inference(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p,
+                              const ConvEpilogue& epilogue);
+
 namespace ref {
 Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p);
 Tensor conv2d_backward_data(const Tensor& grad_out, const Tensor& weight, const Shape& x_shape,
@@ -43,7 +55,7 @@ void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shap
 
 namespace dnnl_impl {
 Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p,
-                      bool training);
+                      bool training, const ConvEpilogue& epilogue = {});
 Tensor conv2d_backward_data(const Tensor& grad_out, const Tensor& weight, const Shape& x_shape,
                             const Conv2dParams& p);
 void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape, bool with_bias,

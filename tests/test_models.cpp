@@ -109,3 +109,25 @@ TEST_CASE("end to end: SGD on a small learnable task drives the loss down") {
   MESSAGE("loss " << first << " -> " << last);
   CHECK(last < 0.3f * first);
 }
+
+TEST_CASE("eval-mode BN folding and fused epilogues give the unfused network's logits") {
+  Rng rng(4);
+  for (const char* name : {"resnet20", "mobilenetv2"}) {
+    CAPTURE(name);
+    auto spec = models::resolve_model_spec(name, name == std::string("mobilenetv2") ? nlohmann::json{{"width_mult", 0.25}}
+                                                                                     : nlohmann::json::object());
+    auto model = models::build_model(spec, rng);
+    for (int i = 0; i < 2; ++i) model->forward(randn({8, 1, 32, 32}, rng));  // non-trivial running stats
+    model->eval();
+    Tensor x = randn({4, 1, 32, 32}, rng);
+    Tensor fused;
+    {
+      NoGrad ng;
+      fused = model->forward(x);
+    }
+    Tensor x_grad = x.clone();
+    x_grad.set_requires_grad(true);  // an input needing a gradient forces the unfused path
+    Tensor unfused = model->forward(x_grad);
+    check_close(fused, unfused.detach(), 1e-4, 1e-4, "folded vs unfolded");
+  }
+}

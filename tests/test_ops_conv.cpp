@@ -1,6 +1,7 @@
 #include <doctest/doctest.h>
 
 #include "ops/conv2d.h"
+#include "ops/elementwise.h"
 #include "tests/testing.h"
 
 using namespace zsq;
@@ -76,4 +77,27 @@ TEST_CASE("a frozen weight gets no gradient while the input still does") {
   y.backward(Tensor::full(y.shape(), 1.0f));
   CHECK(x.grad().defined());
   CHECK_FALSE(w.grad().defined());
+}
+
+TEST_CASE("fused inference convolution equals conv + bias + residual add + ReLU") {
+  Rng rng(4);
+  for (const auto& c : kCases)
+    for (bool with_residual : {false, true})
+      for (bool relu : {false, true}) {
+        CAPTURE(shape_str(c.x));
+        Tensor x = random_input(c.x, rng, MemoryFormat::channels_last, false);
+        Tensor w = random_input(c.w, rng, MemoryFormat::contiguous, false);
+        Tensor b = random_input({c.w[0]}, rng, MemoryFormat::contiguous, false);
+        Tensor ref = ops::ref::conv2d_forward(x, w, b, c.p);
+        Tensor residual;
+        if (with_residual) {
+          residual = random_input(ref.shape(), rng, MemoryFormat::contiguous, false);
+          ref = ops::ref::add(ref, residual);
+        }
+        if (relu) ref = ops::ref::relu(ref);
+        check_close(ops::conv2d_fused_inference(x, w, b, c.p, {residual, relu}), ref, 1e-4, 1e-4, "fused");
+      }
+  CHECK_THROWS_AS(ops::conv2d_fused_inference(Tensor::zeros({1, 2, 4, 4}), Tensor::zeros({3, 2, 3, 3}), Tensor(),
+                                              ops::Conv2dParams::same(3), {Tensor::zeros({1, 3, 2, 2}), false}),
+                  Error);
 }

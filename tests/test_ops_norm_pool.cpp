@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "ops/batch_norm.h"
+#include "ops/elementwise.h"
 #include "ops/pool.h"
 #include "tests/testing.h"
 
@@ -424,4 +425,38 @@ TEST_CASE("pooling rejects bad inputs and parameters with clear messages") {
   CHECK_THROWS_WITH_AS(ops::avg_pool2d(x, {5, 5, 1, 1, 0, 0}),
                        doctest::Contains("smaller than the 5x5 kernel"), Error);
   CHECK_THROWS_AS(ops::avg_pool2d(x, {2, 2, 0, 2, 0, 0}), Error);
+}
+
+TEST_CASE("batch_norm with fused ReLU equals batch_norm then relu, forward and backward") {
+  Rng rng(21);
+  for (const Shape& shape : {Shape{2, 3, 5, 7}, Shape{4, 16, 8, 8}, Shape{3, 5}})
+    for (auto fmt : kFormats)
+      for (bool training : {true, false}) {
+        if (shape.size() == 2 && fmt == MemoryFormat::channels_last) continue;
+        CAPTURE(shape_str(shape));
+        CAPTURE(training);
+        const i64 C = shape[1];
+        Tensor x = offset_input(shape, rng, fmt, true);
+        Tensor w = positive_vector(C, rng).set_requires_grad(true);
+        Tensor b = randn({C}, rng).set_requires_grad(true);
+        Tensor rm = randn({C}, rng), rv = positive_vector(C, rng);
+        ops::BatchNormOptions plain{training, 0.1f, 1e-5f};
+        ops::BatchNormOptions fused = plain;
+        fused.fuse_relu = true;
+        Tensor rm2 = rm.clone(), rv2 = rv.clone();
+        Tensor y_fused = ops::batch_norm(x, w, b, rm, rv, fused);
+        Tensor y_plain = ops::relu(ops::batch_norm(x, w, b, rm2, rv2, plain));
+        check_close(y_fused, y_plain, 1e-5, 1e-6, "forward");
+        check_close(y_fused, ops::ref::batch_norm(x, w, b, rm.clone(), rv.clone(), fused), 1e-4, 1e-5, "reference");
+        check_close(rm, rm2, 0, 0, "running mean");
+        Tensor g = randn(shape, rng);
+        y_fused.backward(g);
+        auto gx = x.grad(), gw = w.grad(), gb = b.grad();
+        x.zero_grad(), w.zero_grad(), b.zero_grad();
+        y_plain.backward(g);
+        check_close(gx, x.grad(), 1e-4, 1e-5, "dx");
+        check_close(gw, w.grad(), 1e-4, 1e-5, "dgamma");
+        check_close(gb, b.grad(), 1e-4, 1e-5, "dbeta");
+        // (No finite differences here: the ReLU kink sits inside every step; the composed ops are checked above.)
+      }
 }

@@ -21,22 +21,25 @@ struct BnDescs {
   memory::desc data;
   std::string key;
   std::int64_t C;
+  bool fuse_relu = false;
 };
 
-BnDescs describe(const Tensor& x, bool use_global_stats, float eps) {
+BnDescs describe(const Tensor& x, bool use_global_stats, float eps, bool fuse_relu) {
   const auto& s = x.shape();
   BnDescs d;
   d.C = s[1];
   memory::dims dims{s[0], s[1], x.dim() == 4 ? s[2] : 1, x.dim() == 4 ? s[3] : 1};
   const bool nhwc = x.dim() == 2 || x.is_layout_equivalent(MemoryFormat::channels_last);
   d.data = memory::desc(dims, memory::data_type::f32, nhwc ? tag::nhwc : tag::nchw);
-  d.key = fmt::format("{}|{}|{}|{}", fmt::join(dims, "x"), nhwc ? "nhwc" : "nchw",
-                      use_global_stats ? "g" : "b", eps);
+  d.key = fmt::format("{}|{}|{}|{}{}", fmt::join(dims, "x"), nhwc ? "nhwc" : "nchw",
+                      use_global_stats ? "g" : "b", eps, fuse_relu ? "|relu" : "");
+  d.fuse_relu = fuse_relu;
   return d;
 }
 
-flags_t bn_flags(bool use_global_stats) {
+flags_t bn_flags(bool use_global_stats, bool fuse_relu) {
   auto f = flags_t::use_scale | flags_t::use_shift;
+  if (fuse_relu) f = f | flags_t::fuse_norm_relu;
   return use_global_stats ? f | flags_t::use_global_stats : f;
 }
 
@@ -45,7 +48,7 @@ dnnl::batch_normalization_forward::primitive_desc& forward_pd(const BnDescs& d, 
   return cpu::dnnl_cached<dnnl::batch_normalization_forward::primitive_desc>(
       (training ? "bn_fwd_train:" : "bn_fwd_infer:") + d.key, [&] {
         const auto prop = training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
-        dnnl::batch_normalization_forward::desc desc(prop, d.data, eps, bn_flags(use_global_stats));
+        dnnl::batch_normalization_forward::desc desc(prop, d.data, eps, bn_flags(use_global_stats, d.fuse_relu));
         return dnnl::batch_normalization_forward::primitive_desc(desc, cpu::dnnl_engine());
       });
 }
@@ -67,8 +70,9 @@ struct Param {
 }  // namespace
 
 Tensor batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& mean,
-                          Tensor& var, bool use_global_stats, bool for_backward, float eps) {
-  const BnDescs d = describe(x, use_global_stats, eps);
+                          Tensor& var, bool use_global_stats, bool for_backward, float eps, bool fuse_relu,
+                          Tensor* workspace) {
+  const BnDescs d = describe(x, use_global_stats, eps, fuse_relu);
   // Batch statistics are outputs of the training-kind primitive only.
   const bool training = for_backward || !use_global_stats;
   auto& pd = forward_pd(d, use_global_stats, training, eps);
@@ -82,12 +86,18 @@ Tensor batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& b
   Tensor out = Tensor::empty(x.shape(), DType::f32, x.format());
   Param scale(weight, d.C, 1.0f), shift(bias, d.C, 0.0f);
   auto& eng = cpu::dnnl_engine();
-  prim.execute(cpu::dnnl_stream(), {{DNNL_ARG_SRC, memory(d.data, eng, x.raw_data())},
-                                    {DNNL_ARG_DST, memory(d.data, eng, out.raw_data())},
-                                    {DNNL_ARG_SCALE, memory(pd.weights_desc(), eng, scale.ptr)},
-                                    {DNNL_ARG_SHIFT, memory(pd.weights_desc(), eng, shift.ptr)},
-                                    {DNNL_ARG_MEAN, memory(pd.mean_desc(), eng, mean.raw_data())},
-                                    {DNNL_ARG_VARIANCE, memory(pd.variance_desc(), eng, var.raw_data())}});
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, memory(d.data, eng, x.raw_data())},
+                                       {DNNL_ARG_DST, memory(d.data, eng, out.raw_data())},
+                                       {DNNL_ARG_SCALE, memory(pd.weights_desc(), eng, scale.ptr)},
+                                       {DNNL_ARG_SHIFT, memory(pd.weights_desc(), eng, shift.ptr)},
+                                       {DNNL_ARG_MEAN, memory(pd.mean_desc(), eng, mean.raw_data())},
+                                       {DNNL_ARG_VARIANCE, memory(pd.variance_desc(), eng, var.raw_data())}};
+  if (fuse_relu && training) {
+    ZSQ_CHECK(workspace != nullptr, "batch_norm_forward: fused ReLU for backward needs a workspace");
+    *workspace = Tensor::empty({static_cast<std::int64_t>(pd.workspace_desc().get_size())}, DType::u8);
+    args.emplace(DNNL_ARG_WORKSPACE, memory(pd.workspace_desc(), eng, workspace->raw_data()));
+  }
+  prim.execute(cpu::dnnl_stream(), args);
   cpu::dnnl_stream().wait();
   return out;
 }
@@ -127,17 +137,18 @@ Tensor scale_by_channel(const Tensor& grad_out, const Tensor& weight, const Tens
 
 void batch_norm_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight, const Tensor& mean,
                          const Tensor& var, bool use_global_stats, bool with_weight_grads, float eps,
-                         Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias) {
-  if (use_global_stats && !with_weight_grads) {
+                         Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias, const Tensor& relu_workspace) {
+  const bool fuse_relu = relu_workspace.defined();
+  if (use_global_stats && !with_weight_grads && !fuse_relu) {
     grad_x = scale_by_channel(grad_out, weight, var, eps);
     return;
   }
   // Prop kind `backward` always: backward_data rejects use_scale in oneDNN 2.6, and the scale / shift
   // gradients are the very reductions the input gradient needs, so they come for free.
-  const BnDescs d = describe(x, use_global_stats, eps);
+  const BnDescs d = describe(x, use_global_stats, eps, fuse_relu);
   auto& pd = cpu::dnnl_cached<dnnl::batch_normalization_backward::primitive_desc>("bn_bwd:" + d.key, [&] {
     dnnl::batch_normalization_backward::desc desc(dnnl::prop_kind::backward, d.data, d.data, eps,
-                                                  bn_flags(use_global_stats));
+                                                  bn_flags(use_global_stats, d.fuse_relu));
     return dnnl::batch_normalization_backward::primitive_desc(desc, cpu::dnnl_engine(),
                                                               forward_pd(d, use_global_stats, true, eps));
   });
@@ -148,8 +159,7 @@ void batch_norm_backward(const Tensor& grad_out, const Tensor& x, const Tensor& 
   grad_bias = Tensor::empty({d.C});
   Param scale(weight, d.C, 1.0f), shift(Tensor(), d.C, 0.0f);
   auto& eng = cpu::dnnl_engine();
-  prim.execute(cpu::dnnl_stream(),
-               {{DNNL_ARG_SRC, memory(d.data, eng, x.raw_data())},
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, memory(d.data, eng, x.raw_data())},
                 {DNNL_ARG_DIFF_DST, memory(d.data, eng, grad_out.raw_data())},
                 {DNNL_ARG_SCALE, memory(pd.weights_desc(), eng, scale.ptr)},
                 {DNNL_ARG_SHIFT, memory(pd.weights_desc(), eng, shift.ptr)},
@@ -157,7 +167,9 @@ void batch_norm_backward(const Tensor& grad_out, const Tensor& x, const Tensor& 
                 {DNNL_ARG_VARIANCE, memory(pd.variance_desc(), eng, var.raw_data())},
                 {DNNL_ARG_DIFF_SRC, memory(d.data, eng, grad_x.raw_data())},
                 {DNNL_ARG_DIFF_SCALE, memory(pd.diff_weights_desc(), eng, grad_weight.raw_data())},
-                {DNNL_ARG_DIFF_SHIFT, memory(pd.diff_weights_desc(), eng, grad_bias.raw_data())}});
+                {DNNL_ARG_DIFF_SHIFT, memory(pd.diff_weights_desc(), eng, grad_bias.raw_data())}};
+  if (fuse_relu) args.emplace(DNNL_ARG_WORKSPACE, memory(pd.workspace_desc(), eng, relu_workspace.raw_data()));
+  prim.execute(cpu::dnnl_stream(), args);
   cpu::dnnl_stream().wait();
 }
 

@@ -2,6 +2,8 @@
 // zsq's channels-last tensors already are), weights `any` so oneDNN picks its blocked layout, the
 // forward descriptor as the hint for both backward passes, and every descriptor cached by shape.
 // Master weights stay OIHW; the (small) reorders into each pass's layout are cached primitives.
+#include <cstdlib>
+
 #include "ops/conv2d.h"
 #include "ops/cpu/dnnl_context.h"
 
@@ -46,9 +48,25 @@ ConvDescs describe(const Shape& x, const Shape& w, bool with_bias, const Conv2dP
   return d;
 }
 
-dnnl::convolution_forward::primitive_desc& forward_pd(const ConvDescs& d, bool training) {
+// Post-ops for the inference epilogue: binary add of the residual (read straight from its buffer, no
+// copy into dst), then ReLU.
+dnnl::primitive_attr epilogue_attr(const ConvDescs& d, const ConvEpilogue& e) {
+  dnnl::primitive_attr attr;
+  dnnl::post_ops ops;
+  if (e.residual.defined()) ops.append_binary(dnnl::algorithm::binary_add, d.dst);
+  if (e.relu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+  attr.set_post_ops(ops);
+  return attr;
+}
+
+std::string epilogue_key(const ConvEpilogue& e) {
+  return fmt::format("{}{}", e.residual.defined() ? "+res" : "", e.relu ? "+relu" : "");
+}
+
+dnnl::convolution_forward::primitive_desc& forward_pd(const ConvDescs& d, bool training,
+                                                      const ConvEpilogue& epilogue = {}) {
   return cpu::dnnl_cached<dnnl::convolution_forward::primitive_desc>(
-      (training ? "conv_fwd_train:" : "conv_fwd_infer:") + d.key, [&] {
+      (training ? "conv_fwd_train:" : "conv_fwd_infer:") + d.key + epilogue_key(epilogue), [&] {
         const auto prop = training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
         auto desc = d.bias ? dnnl::convolution_forward::desc(prop, dnnl::algorithm::convolution_direct, d.src,
                                                              d.weights_any, d.bias, d.dst, d.strides, d.dilates,
@@ -56,18 +74,18 @@ dnnl::convolution_forward::primitive_desc& forward_pd(const ConvDescs& d, bool t
                            : dnnl::convolution_forward::desc(prop, dnnl::algorithm::convolution_direct, d.src,
                                                              d.weights_any, d.dst, d.strides, d.dilates, d.pad_l,
                                                              d.pad_r);
-        return dnnl::convolution_forward::primitive_desc(desc, cpu::dnnl_engine());
+        return dnnl::convolution_forward::primitive_desc(desc, epilogue_attr(d, epilogue), cpu::dnnl_engine());
       });
 }
 
 }  // namespace
 
 Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p,
-                      bool training) {
+                      bool training, const ConvEpilogue& epilogue) {
   const ConvDescs d = describe(x.shape(), weight.shape(), bias.defined(), p);
-  auto& pd = forward_pd(d, training);
+  auto& pd = forward_pd(d, training, epilogue);
   auto& prim = cpu::dnnl_cached<dnnl::convolution_forward>(
-      (training ? "conv_fwd_train_prim:" : "conv_fwd_infer_prim:") + d.key,
+      (training ? "conv_fwd_train_prim:" : "conv_fwd_infer_prim:") + d.key + epilogue_key(epilogue),
       [&] { return dnnl::convolution_forward(pd); });
   Tensor out = Tensor::empty(
       {x.size(0), weight.size(0), d.dst.dims()[2], d.dst.dims()[3]}, DType::f32, MemoryFormat::channels_last);
@@ -77,6 +95,14 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
   std::unordered_map<int, memory> args{
       {DNNL_ARG_SRC, src.memory()}, {DNNL_ARG_WEIGHTS, wts.memory()}, {DNNL_ARG_DST, dst}};
   if (bias.defined()) args.emplace(DNNL_ARG_BIAS, memory(d.bias, cpu::dnnl_engine(), bias.raw_data()));
+  Tensor residual;
+  if (epilogue.residual.defined()) {
+    residual = epilogue.residual.to_format(MemoryFormat::channels_last);
+    args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1,
+                 memory(d.dst, cpu::dnnl_engine(), residual.raw_data()));
+  }
+  if (std::getenv("ZSQ_VERBOSE_DNNL") != nullptr)
+    fmt::print(stderr, "conv {} {}: {}\n", d.key, epilogue_key(epilogue), pd.impl_info_str());
   prim.execute(cpu::dnnl_stream(), args);
   cpu::dnnl_stream().wait();
   return out;

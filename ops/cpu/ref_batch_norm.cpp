@@ -47,6 +47,8 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
       rv[c] = static_cast<float>((1.0 - m) * rv[c] + m * var * count / (count - 1.0));
     }
   }
+  if (options.fuse_relu)
+    for (auto& v : out) v = v > 0.0f ? v : 0.0f;
   return Tensor::from_vector(x.shape(), out);
 }
 
