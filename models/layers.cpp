@@ -19,7 +19,7 @@ Conv2d::Conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, const ops
   if (with_bias) bias = register_parameter("bias", Tensor::zeros({out}));
 }
 
-Tensor Conv2d::forward(const Tensor& x) { return ops::conv2d(x, weight, bias, params_); }
+Tensor Conv2d::forward(const Tensor& x) { return ops::conv2d(x, effective_weight(), bias, params_); }
 
 BatchNorm2d::BatchNorm2d(std::int64_t channels, float momentum, float eps) {
   options_.momentum = momentum;
@@ -46,7 +46,9 @@ Linear::Linear(std::int64_t in, std::int64_t out, bool with_bias, Rng& rng) {
   if (with_bias) bias = register_parameter("bias", rand_uniform({out}, rng, -bound, bound));
 }
 
-Tensor Linear::forward(const Tensor& x) { return ops::linear(x, weight, bias); }
+Tensor Linear::forward(const Tensor& x) {
+  return ops::linear(x, weight_quantizer ? weight_quantizer(weight) : weight, bias);
+}
 
 ConvBnAct::ConvBnAct(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t stride, std::int64_t groups,
                      bool with_relu, Rng& rng)
@@ -64,17 +66,25 @@ bool ConvBnAct::can_fold(const Tensor& x) const {
 }
 
 Tensor ConvBnAct::forward_with(const Tensor& x, const Tensor& residual, bool relu_after) {
+  Tensor y = forward_unquantized(x, residual, relu_after);
+  return relu_after && output_quantizer ? output_quantizer(y) : y;
+}
+
+Tensor ConvBnAct::forward_unquantized(const Tensor& x, const Tensor& residual, bool relu_after) {
   if (!can_fold(x)) {
     if (!residual.defined()) return bn->forward(conv->forward(x), relu_after);  // BN+ReLU in one kernel
     Tensor y = ops::add(bn->forward(conv->forward(x)), residual);
     return relu_after ? ops::relu(y) : y;
   }
   // w'[o] = w[o] * gamma[o] / sqrt(var[o] + eps);  b'[o] = beta[o] + (b[o] - mean[o]) * gamma[o] / sqrt(...)
-  const auto out = conv->weight.size(0);
-  const auto per_out = conv->weight.numel() / out;
-  Tensor w = Tensor::empty(conv->weight.shape());
+  // BN(conv(x, q(w))) = conv(x, q(w) * s) + shift: folding after weight quantization keeps the
+  // paper convention's arithmetic (quantize the raw weight, BN in float).
+  const Tensor source = conv->effective_weight();
+  const auto out = source.size(0);
+  const auto per_out = source.numel() / out;
+  Tensor w = Tensor::empty(source.shape());
   Tensor b = Tensor::empty({out});
-  const float *w0 = conv->weight.f32(), *gamma = bn->weight.f32(), *beta = bn->bias.f32();
+  const float *w0 = source.f32(), *gamma = bn->weight.f32(), *beta = bn->bias.f32();
   const float *mean = bn->running_mean.f32(), *var = bn->running_var.f32();
   for (std::int64_t o = 0; o < out; ++o) {
     const float scale = gamma[o] / std::sqrt(var[o] + bn->eps());

@@ -13,13 +13,20 @@
 
 namespace zsq::models {
 
+// Maps a tensor to its fake-quantized version (differentiable, straight-through). Set by quant/ on the
+// student copy of a network; unset (full precision) everywhere else.
+using TensorTransform = std::function<Tensor(const Tensor&)>;
+
 class Conv2d : public Module {
  public:
   Conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, const ops::Conv2dParams& params, bool bias,
          Rng& rng);
   Tensor forward(const Tensor& x) override;
   const ops::Conv2dParams& params() const { return params_; }
+  // The weight as the convolution uses it: weight_quantizer(weight) when a quantizer is set.
+  Tensor effective_weight() const { return weight_quantizer ? weight_quantizer(weight) : weight; }
   Tensor weight, bias;
+  TensorTransform weight_quantizer;
 
  private:
   ops::Conv2dParams params_;
@@ -47,6 +54,7 @@ class Linear : public Module {
   Linear(std::int64_t in, std::int64_t out, bool bias, Rng& rng);
   Tensor forward(const Tensor& x) override;
   Tensor weight, bias;
+  TensorTransform weight_quantizer;
 };
 
 // Conv -> BN -> optional ReLU, the unit every CNN here is built from.
@@ -62,9 +70,13 @@ class ConvBnAct : public Module {
   std::shared_ptr<Conv2d> conv;
   std::shared_ptr<BatchNorm2d> bn;
   bool relu;
+  // Applied to the output whenever it is post-ReLU (the activation-quantization site of the paper
+  // convention: after every ReLU, post-residual ReLUs included).
+  TensorTransform output_quantizer;
 
  private:
   bool can_fold(const Tensor& x) const;
+  Tensor forward_unquantized(const Tensor& x, const Tensor& residual, bool relu_after);
 };
 
 // Base of image classifiers: exposes what quantization and the zero-shot losses need to find.
