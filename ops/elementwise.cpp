@@ -97,4 +97,13 @@ Tensor tanh(const Tensor& x) {
   });
 }
 
+Tensor sqrt(const Tensor& x) {
+  ZSQ_CHECK(x.defined() && x.dtype() == DType::f32, "sqrt: f32 input expected, got {}", x.str());
+  Tensor out = map_unary(x, [](float v) { return std::sqrt(v); });
+  Tensor saved = out.detach();
+  return record(out, "sqrt", {x}, [saved](const Tensor& g, const std::vector<bool>&) {
+    return std::vector<Tensor>{map_binary(g, saved, [](float gv, float y) { return gv * 0.5f / y; })};
+  });
+}
+
 }  // namespace zsq::ops

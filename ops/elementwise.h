@@ -16,6 +16,8 @@ inline Tensor add_scalar(const Tensor& a, float s) { return affine_scalar(a, 1.0
 Tensor relu(const Tensor& x);
 Tensor leaky_relu(const Tensor& x, float negative_slope = 0.01f);
 Tensor tanh(const Tensor& x);
+// Element-wise square root; inputs must be > 0 where a gradient is taken.
+Tensor sqrt(const Tensor& x);
 
 // Reference loops (the test oracle; never optimized), in ops/cpu/ref_elementwise.cpp.
 namespace ref {
@@ -26,6 +28,7 @@ Tensor affine_scalar(const Tensor& a, float scale, float shift);
 Tensor relu(const Tensor& x);
 Tensor leaky_relu(const Tensor& x, float negative_slope);
 Tensor tanh(const Tensor& x);
+Tensor sqrt(const Tensor& x);
 }  // namespace ref
 
 }  // namespace zsq::ops

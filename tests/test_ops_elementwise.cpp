@@ -25,6 +25,8 @@ TEST_CASE("element-wise fast paths match the reference loops in both memory form
         check_close(ops::relu(a), ops::ref::relu(a), 0, 0, "relu");
         check_close(ops::leaky_relu(a, 0.2f), ops::ref::leaky_relu(a, 0.2f), 0, 0, "leaky_relu");
         check_close(ops::tanh(a), ops::ref::tanh(a), 1e-6, 1e-6, "tanh");
+        Tensor pos = ops::ref::affine_scalar(ops::ref::mul(a, a), 1.0f, 0.5f).to_format(a.format());
+        check_close(ops::sqrt(pos), ops::ref::sqrt(pos), 1e-6, 1e-7, "sqrt");
       }
 }
 
@@ -39,6 +41,9 @@ TEST_CASE("element-wise gradients match finite differences") {
       check_gradients([](const auto& t) { return ops::mul(t[0], t[1]); }, {a, b});
       check_gradients([](const auto& t) { return ops::affine_scalar(t[0], 3.0f, 1.0f); }, {a});
       check_gradients([](const auto& t) { return ops::tanh(t[0]); }, {a});
+      Tensor pos = ops::ref::affine_scalar(ops::ref::mul(a, a), 1.0f, 0.5f);
+      pos.set_requires_grad(true);
+      check_gradients([](const auto& t) { return ops::sqrt(t[0]); }, {pos});
       // Kinks: keep inputs away from 0 so central differences do not straddle them.
       auto vals = a.to_vector();
       for (auto& v : vals) v = v >= 0 ? v + 0.1f : v - 0.1f;

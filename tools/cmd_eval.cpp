@@ -4,6 +4,8 @@
 #include <nlohmann/json.hpp>
 
 #include "models/model_file.h"
+#include "quant/report.h"
+#include "quant/student.h"
 #include "tools/commands.h"
 #include "tools/evaluate.h"
 
@@ -12,7 +14,7 @@ namespace zsq::cli {
 void add_eval_command(CLI::App& app) {
   struct Options {
     CommonOptions common;
-    std::string model, data;
+    std::string model, data, report_dir;
     std::int64_t batch = 500;
     bool json = false;
   };
@@ -23,18 +25,53 @@ void add_eval_command(CLI::App& app) {
   verb->add_option("--data", options->data, "Fashion-MNIST directory (IDX .gz files)")->capture_default_str();
   verb->add_option("--batch", options->batch, "Batch size")->check(CLI::PositiveNumber)->capture_default_str();
   verb->add_flag("--json", options->json, "Print one JSON object instead of text");
+  verb->add_option("--report", options->report_dir,
+                   "A zsq quantize run directory: add FP vs quantized test accuracy (and per-layer activation "
+                   "SQNR on test images) to its report");
   add_common_options(verb, options->common);
   verb->callback([options] {
     apply_common_options(options->common);
-    auto loaded = models::load_model(options->model);
+    const Checkpoint checkpoint = load_checkpoint(options->model);
+    const bool quantized = quant::Student::is_student_checkpoint(checkpoint);
+    std::unique_ptr<quant::Student> student;
+    models::LoadedModel loaded;
+    if (quantized) {
+      student = quant::Student::from_checkpoint(checkpoint);
+      loaded.spec = student->spec();
+    } else {
+      loaded = models::model_from_checkpoint(checkpoint);
+    }
+    models::Classifier& model = quantized ? student->model() : *loaded.model;
     const auto test = load_fashion_mnist(options->data, Split::test);
-    const auto r = evaluate(*loaded.model, test, options->batch, !options->json);
+    const auto r = evaluate(model, test, options->batch, !options->json);
+    if (!options->report_dir.empty()) {
+      ZSQ_CHECK(quantized, "--report needs a quantized model, {} is full precision", options->model);
+      auto report = quant::read_report(options->report_dir);
+      const std::string teacher_path = report.at("teacher").get<std::string>();
+      auto teacher = models::load_model(teacher_path);
+      const auto fp = evaluate(*teacher.model, test, options->batch, false);
+      report["accuracy"] = nlohmann::json::array(
+          {{{"model", "FP teacher (" + teacher_path + ")"}, {"accuracy", fp.accuracy}, {"n", fp.n}},
+           {{"model", fmt::format("{} W{}A{}", report.value("method", std::string("quantized")),
+                                  report.value("weight_bits", 0), report.value("act_bits", 0))},
+            {"accuracy", r.accuracy},
+            {"n", r.n}}});
+      BatchLoader first(test, 256, false, false, Rng(0));
+      Tensor images, labels;
+      first.next(images, labels);
+      report["layers_test"] = quant::analyze_layers(*student, *teacher.model, images);
+      quant::write_report(options->report_dir, report);
+      if (!options->json)
+        fmt::print("report {}/report.md: FP {:.2f}% vs quantized {:.2f}%\n", options->report_dir, 100.0 * fp.accuracy,
+                   100.0 * r.accuracy);
+    }
     if (options->json) {
       nlohmann::json j{{"accuracy", r.accuracy},
                        {"n", r.n},
                        {"loss", r.loss},
                        {"model", options->model},
                        {"arch", loaded.spec.name},
+                       {"quantized", quantized},
                        {"seconds", r.seconds},
                        {"img_per_s", static_cast<double>(r.n) / r.seconds},
                        {"threads", omp_get_max_threads()}};

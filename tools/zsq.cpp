@@ -39,6 +39,7 @@ int main(int argc, char** argv) {
   zsq::cli::add_eval_command(app);
   zsq::cli::add_inspect_command(app);
   zsq::cli::add_bench_command(app);
+  zsq::cli::add_quantize_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -32,5 +32,6 @@ Tensor leaky_relu(const Tensor& x, float slope) {
   return unary(x, [=](float v) { return v > 0.0f ? v : v * slope; });
 }
 Tensor tanh(const Tensor& x) { return unary(x, [](float v) { return std::tanh(v); }); }
+Tensor sqrt(const Tensor& x) { return unary(x, [](float v) { return std::sqrt(v); }); }
 
 }  // namespace zsq::ops::ref

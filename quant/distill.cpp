@@ -1,0 +1,88 @@
+#include "quant/distill.h"
+
+#include <cmath>
+
+#include "engine/autograd.h"
+#include "engine/optim.h"
+#include "ops/elementwise.h"
+#include "ops/loss.h"
+#include "ops/reduce.h"
+
+namespace zsq::quant {
+
+Tensor gaussian_inputs(std::int64_t n, std::int64_t channels, std::int64_t size, Rng& rng) {
+  return randn({n, channels, size, size}, rng);
+}
+
+namespace {
+// ||a - b||_2 as a differentiable scalar.
+Tensor l2_distance(const Tensor& a, const Tensor& b) {
+  Tensor d = ops::sub(a, b);
+  return ops::affine_scalar(ops::sum(ops::mul(d, d)), 1.0f, 1e-12f);
+}
+}  // namespace
+
+Tensor bn_statistics_loss(models::Classifier& teacher, const Tensor& images, Tensor* logits_out) {
+  std::vector<Tensor> inputs;
+  auto bns = teacher.batch_norms();
+  for (auto* bn : bns) bn->input_tap = [&inputs](const Tensor& x) { inputs.push_back(x); };
+  Tensor logits = teacher.forward(images);
+  for (auto* bn : bns) bn->input_tap = nullptr;
+  ZSQ_CHECK(inputs.size() == bns.size(), "bn_statistics_loss: saw {} BN inputs for {} BN layers", inputs.size(),
+            bns.size());
+  Tensor total;
+  for (std::size_t i = 0; i < bns.size(); ++i) {
+    const Tensor& x = inputs[i];
+    Tensor mean = ops::mean(x, {0, 2, 3});
+    Tensor stddev = ops::sqrt(ops::affine_scalar(ops::variance(x, {0, 2, 3}), 1.0f, bns[i]->eps()));
+    Tensor running_std = Tensor::empty({bns[i]->channels()});
+    for (std::int64_t c = 0; c < bns[i]->channels(); ++c)
+      running_std.f32()[c] = std::sqrt(bns[i]->running_var.f32()[c] + bns[i]->eps());
+    Tensor term = ops::add(ops::sqrt(l2_distance(mean, bns[i]->running_mean)), ops::sqrt(l2_distance(stddev, running_std)));
+    total = total.defined() ? ops::add(total, term) : term;
+  }
+  if (logits_out != nullptr) *logits_out = logits;
+  return total;
+}
+
+
+Tensor zeroq_distill(models::Classifier& teacher, const ZeroQOptions& o, Rng& rng,
+                     const std::function<void(const ZeroQProgress&)>& on_step) {
+  ZSQ_CHECK(o.batch > 0 && o.iterations >= 0 && o.lr > 0, "zeroq: batch, iterations and lr must be positive");
+  const bool was_training = teacher.is_training();
+  teacher.eval();
+  auto params = teacher.parameters();
+  std::vector<bool> had_grad;
+  for (auto& p : params) {
+    had_grad.push_back(p.requires_grad());
+    p.set_requires_grad(false);  // frozen: gradients flow to the pixels only
+  }
+  Tensor images = randn({o.batch, 1, o.image_size, o.image_size}, rng);
+  images.set_requires_grad(true);
+  Tensor labels = Tensor::empty({o.batch}, DType::s32);
+  for (std::int64_t i = 0; i < o.batch; ++i)
+    labels.data<std::int32_t>()[i] = static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(teacher.num_classes())));
+  Adam adam({images}, {.lr = o.lr});
+  for (std::int64_t it = 0; it < o.iterations; ++it) {
+    Tensor logits;
+    Tensor loss = bn_statistics_loss(teacher, images, &logits);
+    const float bns = loss.item();
+    float ce = 0.0f;
+    if (o.ce_weight > 0) {
+      Tensor ce_loss = ops::cross_entropy(logits, labels);
+      ce = ce_loss.item();
+      loss = ops::add(loss, ops::mul_scalar(ce_loss, o.ce_weight));
+    }
+    ZSQ_CHECK(std::isfinite(loss.item()), "zeroq: loss became {} at iteration {}", loss.item(), it);
+    adam.zero_grad();
+    loss.backward();
+    adam.step();
+    if (on_step) on_step({it + 1, bns, ce});
+  }
+  for (std::size_t i = 0; i < params.size(); ++i) params[i].set_requires_grad(had_grad[i]);
+  teacher.train(was_training);
+  images.set_requires_grad(false);
+  return images.detach();
+}
+
+}  // namespace zsq::quant

@@ -1,0 +1,166 @@
+#include "quant/student.h"
+
+#include "engine/autograd.h"
+#include <algorithm>
+
+#include "ops/fake_quant.h"
+
+namespace zsq::quant {
+
+namespace {
+// Depth-first walk with dotted module paths, in registration order (the forward order of our models).
+template <typename F>
+void walk(Module& m, const std::string& prefix, F&& visit) {
+  for (auto& [name, child] : m.children()) {
+    const std::string path = prefix.empty() ? name : prefix + "." + name;
+    visit(path, *child);
+    walk(*child, path, visit);
+  }
+}
+}  // namespace
+
+Student::Student(const models::ModelSpec& spec, const models::Classifier& teacher, const QConfig& config)
+    : spec_(spec), config_(config) {
+  config_.validate();
+  ZSQ_CHECK(!config_.quantize_input, "quantize_input=true is not supported by the fake-quantized student yet");
+  Rng rng(0);
+  model_ = models::build_model(spec_, rng);
+  model_->load_state(teacher.named_state(), "teacher");
+  install_hooks();
+}
+
+void Student::install_hooks() {
+  std::vector<std::pair<std::string, Module*>> convs;
+  walk(*model_, "", [&](const std::string& path, Module& m) {
+    if (auto* unit = dynamic_cast<models::ConvBnAct*>(&m)) {
+      ActivationSite site;
+      site.name = path;
+      site.unit = unit;
+      activations_.push_back(std::move(site));
+    }
+    if (dynamic_cast<models::Conv2d*>(&m) != nullptr || dynamic_cast<models::Linear*>(&m) != nullptr)
+      convs.emplace_back(path, &m);
+  });
+  for (std::size_t i = 0; i < convs.size(); ++i) {
+    const LayerRole role = i == 0 ? LayerRole::first : (i + 1 == convs.size() ? LayerRole::last : LayerRole::middle);
+    WeightSite site;
+    site.name = convs[i].first;
+    site.bits = config_.bits_for(site.name, role).weight_bits;
+    if (auto* conv = dynamic_cast<models::Conv2d*>(convs[i].second)) {
+      site.weight = conv->weight;
+      site.hook = &conv->weight_quantizer;
+    } else {
+      auto* linear = dynamic_cast<models::Linear*>(convs[i].second);
+      site.weight = linear->weight;
+      site.hook = &linear->weight_quantizer;
+    }
+    weights_.push_back(site);
+  }
+  for (std::size_t i = 0; i < weights_.size(); ++i)
+    *weights_[i].hook = [this, i](const Tensor& w) {
+      return phase_ == Phase::full_precision ? w : quantize_weight(weights_[i], w);
+    };
+  for (std::size_t i = 0; i < activations_.size(); ++i) {
+    auto& site = activations_[i];
+    // An activation belongs to its unit; the first unit (the stem) is the "first layer" for bits.
+    site.bits = config_.bits_for(site.name, i == 0 ? LayerRole::first : LayerRole::middle).act_bits;
+    site.observer = make_observer(config_, site.bits);
+    site.unit->output_quantizer = [this, i](const Tensor& a) { return quantize_activation(activations_[i], a); };
+  }
+}
+
+Tensor Student::quantize_weight(const WeightSite& site, const Tensor& w) const {
+  ops::FakeQuantSpec spec{site.bits, config_.weight_symmetric, config_.ste == SteKind::clipped};
+  if (config_.weight_granularity == Granularity::per_channel) return ops::fake_quant_per_channel_minmax(w, spec);
+  const auto v = w.detach();
+  float lo = v.f32()[0], hi = v.f32()[0];
+  for (std::int64_t i = 0; i < v.numel(); ++i) {
+    lo = std::min(lo, v.f32()[i]);
+    hi = std::max(hi, v.f32()[i]);
+  }
+  return ops::fake_quant_per_tensor(w, lo, hi, spec);
+}
+
+Tensor Student::quantize_activation(ActivationSite& site, const Tensor& a) {
+  if (phase_ == Phase::full_precision) return a;
+  if (!site.observer->frozen()) {
+    site.observer->observe(a.detach());
+    ++site.observations;
+  }
+  if (phase_ == Phase::calibrate) return a;
+  ZSQ_CHECK(site.observations > 0 || site.observer->frozen(), "activation site {} has no range yet; calibrate first",
+            site.name);
+  // Post-ReLU activations are quantized on [0, hi] when the observer saw only non-negative values.
+  ops::FakeQuantSpec spec{site.bits, config_.act_symmetric, config_.ste == SteKind::clipped};
+  return ops::fake_quant_per_tensor(a, site.observer->lo(), site.observer->hi(), spec);
+}
+
+void Student::freeze_ranges() {
+  for (auto& s : activations_) s.observer->freeze();
+}
+
+void Student::unfreeze_ranges() {
+  for (auto& s : activations_) s.observer->unfreeze();
+}
+
+std::vector<const ActivationSite*> Student::used_activation_sites() const {
+  std::vector<const ActivationSite*> out;
+  for (const auto& s : activations_)
+    if (s.observations > 0) out.push_back(&s);
+  return out;
+}
+
+Checkpoint Student::to_checkpoint(std::map<std::string, std::string> metadata) const {
+  metadata["zsq.arch"] = spec_.name;
+  metadata["zsq.config"] = spec_.config.dump();
+  metadata["zsq.quant.config"] = config_.to_json().dump();
+  Checkpoint ckpt(model_->named_state(), std::move(metadata));
+  // The whole observer state (kind, steps, frozen flag, range, running statistics) so a run resumes exactly.
+  for (const auto* s : used_activation_sites()) {
+    const auto state = s->observer->state();
+    ckpt.add("quant.act." + s->name, Tensor::from_vector({static_cast<std::int64_t>(state.size())}, state));
+  }
+  return ckpt;
+}
+
+bool Student::is_student_checkpoint(const Checkpoint& checkpoint) {
+  return checkpoint.metadata.count("zsq.quant.config") > 0;
+}
+
+std::unique_ptr<Student> Student::from_checkpoint(const Checkpoint& checkpoint) {
+  const std::string& file = checkpoint.path;
+  ZSQ_CHECK(is_student_checkpoint(checkpoint), "{}: not a quantized model (no zsq.quant.config)", file);
+  auto loaded = models::model_from_checkpoint(checkpoint);
+  QConfig config;
+  try {
+    config.apply_json(nlohmann::json::parse(checkpoint.metadata.at("zsq.quant.config")), file);
+  } catch (const nlohmann::json::exception& e) {
+    fail(fmt::format("{}: zsq.quant.config is not valid JSON: {}", file, e.what()));
+  }
+  auto student = std::make_unique<Student>(loaded.spec, *loaded.model, config);
+  std::size_t restored = 0;
+  for (auto& site : student->activations_) {
+    const Tensor* range = checkpoint.find("quant.act." + site.name);
+    if (range == nullptr) continue;
+    try {
+      site.observer->load_state(range->to_vector());
+    } catch (const Error& e) {
+      fail(fmt::format("{}: quant.act.{}: {}", file, site.name, e.what()));
+    }
+    site.observer->freeze();
+    site.observations = 1;
+    ++restored;
+  }
+  ZSQ_CHECK(restored > 0, "{}: quantized model without activation ranges", file);
+  for (const auto& [name, t] : checkpoint.tensors)
+    if (name.rfind("quant.act.", 0) == 0) {
+      bool known = false;
+      for (auto& site : student->activations_) known = known || name == "quant.act." + site.name;
+      ZSQ_CHECK(known, "{}: activation range '{}' matches no site of {}", file, name, loaded.spec.name);
+    }
+  student->set_phase(Phase::quantized);
+  student->model().eval();  // a loaded student is for inference until a method puts it back in training
+  return student;
+}
+
+}  // namespace zsq::quant

@@ -1,0 +1,78 @@
+// The fake-quantized student: a copy of the teacher whose conv/linear weights and post-ReLU activations
+// pass through fake quantization, per the QConfig's convention (DESIGN.md §4, ALGORITHMS.md §0).
+//
+// Sites. Every conv and linear weight is a weight site (per-output-channel ranges recomputed from the
+// current weights on each forward). Every ConvBnAct output that is post-ReLU is an activation site (the
+// stem, each block's first unit, each block's output after the residual add + ReLU, MobileNetV2's
+// expansion/depthwise/head units); its per-tensor range comes from an observer.
+// Phases. `full_precision`: no quantization (reference forward). `calibrate`: activations pass in full
+// precision while observers record ranges (weights are quantized). `quantized`: weights and activations
+// are fake-quantized; observers keep updating unless frozen.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/checkpoint.h"
+#include "models/model_file.h"
+#include "quant/observer.h"
+#include "quant/qconfig.h"
+
+namespace zsq::quant {
+
+enum class Phase : unsigned char { full_precision, calibrate, quantized };
+
+struct ActivationSite {
+  std::string name;  // module path of the ConvBnAct unit, e.g. "stage1.0.conv2"
+  models::ConvBnAct* unit = nullptr;
+  int bits = 0;
+  std::unique_ptr<Observer> observer;
+  std::int64_t observations = 0;
+};
+
+struct WeightSite {
+  std::string name;  // module path of the conv/linear, e.g. "stem.conv"
+  Tensor weight;
+  models::TensorTransform* hook = nullptr;
+  int bits = 0;
+};
+
+class Student {
+ public:
+  // Copies the teacher's state into a fresh model of the same architecture.
+  Student(const models::ModelSpec& spec, const models::Classifier& teacher, const QConfig& config);
+
+  models::Classifier& model() { return *model_; }
+  const models::ModelSpec& spec() const { return spec_; }
+  const QConfig& config() const { return config_; }
+  Phase phase() const { return phase_; }
+  void set_phase(Phase phase) { phase_ = phase; }
+  void freeze_ranges();
+  void unfreeze_ranges();
+
+  std::vector<ActivationSite>& activation_sites() { return activations_; }
+  std::vector<WeightSite>& weight_sites() { return weights_; }
+  // The activation sites that have seen data (sites whose unit is never post-ReLU stay unused).
+  std::vector<const ActivationSite*> used_activation_sites() const;
+
+  // Model state plus "quant.act.<site>" = observer state per used site; metadata records the QConfig.
+  Checkpoint to_checkpoint(std::map<std::string, std::string> metadata = {}) const;
+  // Rebuilds a saved student with frozen ranges, in the quantized phase. Errors name the file.
+  static std::unique_ptr<Student> from_checkpoint(const Checkpoint& checkpoint);
+  static bool is_student_checkpoint(const Checkpoint& checkpoint);
+
+ private:
+  void install_hooks();
+  Tensor quantize_weight(const WeightSite& site, const Tensor& w) const;
+  Tensor quantize_activation(ActivationSite& site, const Tensor& a);
+
+  models::ModelSpec spec_;
+  std::shared_ptr<models::Classifier> model_;
+  QConfig config_;
+  Phase phase_ = Phase::quantized;
+  std::vector<ActivationSite> activations_;
+  std::vector<WeightSite> weights_;
+};
+
+}  // namespace zsq::quant

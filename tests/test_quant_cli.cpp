@@ -1,0 +1,174 @@
+// `zsq quantize` end to end, and the zero-shot promise: quantization never opens a data set.
+#include <doctest/doctest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "engine/autograd.h"
+#include "models/model_file.h"
+#include "quant/report.h"
+#include "quant/student.h"
+#include "tests/testing.h"
+
+namespace fs = std::filesystem;
+using namespace zsq;
+
+namespace {
+std::string env_or(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr ? v : fallback;
+}
+const std::string kBinaryDir = env_or("ZSQ_BINARY_DIR", "build");
+const std::string kSourceDir = env_or("ZSQ_SOURCE_DIR", ".");
+
+fs::path work_dir() {
+  static const fs::path dir = [] {
+    auto d = fs::temp_directory_path() / ("zsq_test_quant_" + std::to_string(::getpid()));
+    fs::remove_all(d);
+    fs::create_directories(d);
+    return d;
+  }();
+  return dir;
+}
+
+struct Result {
+  int code;
+  std::string out, err;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream f(p);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+Result run(const std::string& env, const std::string& args) {
+  const auto out = work_dir() / "out.txt", err = work_dir() / "err.txt";
+  const std::string cmd = env + " " + kBinaryDir + "/zsq " + args + " >" + out.string() + " 2>" + err.string();
+  const int status = std::system(cmd.c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), slurp(out), slurp(err)};
+}
+
+// A small teacher with non-trivial BN statistics, written with the library (no data needed).
+std::string small_teacher() {
+  static const std::string path = [] {
+    Rng rng(0);
+    auto spec = models::resolve_model_spec("resnet20", {{"width", 8}});
+    auto model = models::build_model(spec, rng);
+    for (int i = 0; i < 3; ++i) model->forward(randn({16, 1, 32, 32}, rng));
+    const auto p = (work_dir() / "teacher.safetensors").string();
+    models::save_model(p, spec, *model);
+    return p;
+  }();
+  return path;
+}
+
+// Preloads the shim and forbids the data set's directories (the default one and $ZSQ_DATA's).
+std::string no_data_env() {
+  const auto fake_data = work_dir() / "fashion-data";
+  fs::create_directories(fake_data);
+  return "ZSQ_DATA=" + fake_data.string() + " ZSQ_FORBIDDEN_PATHS=/usr/share/datasets:" + fake_data.string() +
+         " LD_PRELOAD=" + kBinaryDir + "/tests/libzsq_no_data_shim.so";
+}
+}  // namespace
+
+TEST_CASE("the zero-shot promise: quantize never opens the data set; eval does (shim control)") {
+  const auto teacher = small_teacher();
+  for (const char* method : {"gaussian", "zeroq"}) {
+    CAPTURE(method);
+    const auto out = (work_dir() / (std::string("run_") + method)).string();
+    auto r = run(no_data_env(), fmt::format("quantize --teacher {} --method {} --wbits 4 --abits 4 --out {} "
+                                            "--calib-images 32 --zeroq-iters 3 --threads 2",
+                                            teacher, method, out));
+    CHECK_MESSAGE(r.code == 0, r.err);
+    CHECK(r.err.find("zero-shot violation") == std::string::npos);
+    CHECK(fs::exists(out + "/student.safetensors"));
+    CHECK(fs::exists(out + "/report.md"));
+    CHECK(fs::exists(out + "/report.json"));
+  }
+  // Positive control: the same shim stops a verb that does read data.
+  auto control = run(no_data_env(), "eval " + teacher);
+  CHECK(control.code == 97);
+  CHECK(control.err.find("zero-shot violation") != std::string::npos);
+}
+
+TEST_CASE("quant/ neither includes nor links the dataset library") {
+  for (auto& entry : fs::recursive_directory_iterator(fs::path(kSourceDir) / "quant")) {
+    if (!entry.is_regular_file()) continue;
+    const std::string text = slurp(entry.path());
+    CAPTURE(entry.path().string());
+    CHECK(text.find("tools/datasets") == std::string::npos);
+    CHECK(text.find("fashion_mnist") == std::string::npos);
+  }
+  const auto lib = fs::path(kBinaryDir) / "libzsq_quant.a";
+  REQUIRE(fs::exists(lib));
+  const auto symbols = work_dir() / "symbols.txt";
+  REQUIRE(std::system(("nm -C " + lib.string() + " > " + symbols.string()).c_str()) == 0);
+  const std::string names = slurp(symbols);
+  CHECK(names.find("load_fashion_mnist") == std::string::npos);
+  CHECK(names.find("read_idx") == std::string::npos);
+  CHECK(names.find("BatchLoader") == std::string::npos);
+}
+
+TEST_CASE("a quantized student saves, reloads and evaluates to identical logits") {
+  auto loaded = models::load_model(small_teacher());
+  loaded.model->eval();
+  auto config = quant::QConfig::paper(4, 4);
+  quant::Student student(loaded.spec, *loaded.model, config);
+  Rng rng(1);
+  Tensor calib = randn({32, 1, 32, 32}, rng);
+  student.set_phase(quant::Phase::calibrate);
+  student.model().eval();
+  {
+    NoGrad ng;
+    student.model().forward(calib);
+  }
+  student.freeze_ranges();
+  student.set_phase(quant::Phase::quantized);
+  CHECK(student.used_activation_sites().size() == 19);  // stem + 9 blocks x 2 post-ReLU units
+  const auto path = (work_dir() / "student.safetensors").string();
+  save_checkpoint(path, student.to_checkpoint());
+  auto reloaded = quant::Student::from_checkpoint(load_checkpoint(path));
+  Tensor x = randn({4, 1, 32, 32}, rng);
+  NoGrad ng;
+  Tensor a = student.model().forward(x), b = reloaded->model().forward(x);
+  testing::check_close(b, a, 0, 0, "reloaded student");
+  // Quantization really happened: the student differs from the teacher, and activations sit on the grid.
+  CHECK(quant::sqnr_db(loaded.model->forward(x), a) < 60.0);
+}
+
+TEST_CASE("quantized checkpoints evaluate through zsq eval, and eval --report adds accuracy rows") {
+  const char* data = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";
+  if (!fs::exists(data)) {
+    MESSAGE("skipped: Fashion-MNIST not installed");
+    return;
+  }
+  const auto out = (work_dir() / "run_eval").string();
+  auto r = run("", fmt::format("quantize --teacher {} --method gaussian --wbits 8 --abits 8 --out {} --calib-images 64",
+                               small_teacher(), out));
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  r = run("", fmt::format("eval {}/student.safetensors --report {} --json", out, out));
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  auto j = nlohmann::json::parse(r.out);
+  CHECK(j.at("quantized") == true);
+  CHECK(j.at("n") == 10000);
+  auto report = quant::read_report(out);
+  REQUIRE(report.contains("accuracy"));
+  CHECK(report["accuracy"].size() == 2);
+  CHECK(report.contains("layers_test"));
+  const std::string md = slurp(out + "/report.md");
+  CHECK(md.find("FP teacher") != std::string::npos);
+  CHECK(md.find("stage3.2.conv2.conv") != std::string::npos);
+}
+
+TEST_CASE("bad quantize flags are refused") {
+  CHECK(run("", "quantize --teacher x --method nonsense --out y").code != 0);
+  CHECK(run("", "quantize --teacher x --method gaussian --wbits 1 --out y").code != 0);
+  auto r = run("", "quantize --teacher /nonexistent.safetensors --method gaussian --out " + (work_dir() / "z").string());
+  CHECK(r.code == 1);
+  CHECK(r.err.find("/nonexistent.safetensors") != std::string::npos);
+}

@@ -1,0 +1,143 @@
+// zsq quantize: zero-shot quantization of a teacher file. Reads the teacher and nothing else: no data
+// set is opened (the zero-shot promise, tested under an LD_PRELOAD shim in tests/test_quant_cli.cpp).
+//   gaussian: calibrate activation ranges on N(0, 1) images, no fine-tuning
+//   zeroq:    calibrate on ZeroQ distilled data (inputs optimized to match the teacher's BN statistics)
+#include <omp.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+
+#include "engine/autograd.h"
+#include "engine/progress.h"
+#include "models/model_file.h"
+#include "quant/distill.h"
+#include "quant/report.h"
+#include "quant/student.h"
+#include "tools/commands.h"
+
+namespace zsq::cli {
+
+namespace {
+struct QuantizeOptions {
+  CommonOptions common;
+  std::string teacher, method, out, convention = "paper", config_file;
+  std::vector<std::string> sets;
+  int wbits = 4, abits = 4;
+  std::int64_t calib_images = 256, batch = 128;
+  quant::ZeroQOptions zeroq;
+};
+
+void calibrate(quant::Student& student, const Tensor& inputs, std::int64_t batch) {
+  student.set_phase(quant::Phase::calibrate);
+  student.model().eval();
+  NoGrad no_grad;
+  const auto n = inputs.size(0);
+  for (std::int64_t start = 0; start < n; start += batch) {
+    const auto count = std::min(batch, n - start);
+    Tensor chunk = Tensor::empty({count, inputs.size(1), inputs.size(2), inputs.size(3)});
+    std::copy_n(inputs.f32() + start * chunk.numel() / count, chunk.numel(), chunk.f32());
+    student.model().forward(chunk);
+  }
+  student.freeze_ranges();
+  student.set_phase(quant::Phase::quantized);
+}
+
+Tensor first_rows(const Tensor& t, std::int64_t n) {
+  n = std::min(n, t.size(0));
+  Tensor out = Tensor::empty({n, t.size(1), t.size(2), t.size(3)});
+  std::copy_n(t.f32(), out.numel(), out.f32());
+  return out;
+}
+
+void run_quantize(const QuantizeOptions& o) {
+  apply_common_options(o.common);
+  const auto start = std::chrono::steady_clock::now();
+  auto teacher = models::load_model(o.teacher);
+  teacher.model->eval();
+
+  quant::QConfig config = o.config_file.empty() ? quant::QConfig::preset(o.convention, o.wbits, o.abits)
+                                                : quant::load_qconfig(o.config_file);
+  config.weight_bits = o.wbits;
+  config.act_bits = o.abits;
+  for (const auto& kv : o.sets) config.set(kv);
+  config.validate("zsq quantize");
+
+  quant::Student student(teacher.spec, *teacher.model, config);
+  Rng rng = global_rng().fork(10);
+  const auto channels = teacher.spec.config.at("in_channels").get<std::int64_t>();
+  Tensor inputs;
+  nlohmann::json losses = nlohmann::json::object();
+  if (o.method == "gaussian") {
+    inputs = quant::gaussian_inputs(o.calib_images, channels, 32, rng);
+  } else {
+    quant::ZeroQOptions zo = o.zeroq;
+    zo.batch = o.calib_images;
+    Progress progress("zeroq distill", zo.iterations, "it");
+    float last_bns = 0.0f;
+    inputs = quant::zeroq_distill(*teacher.model, zo, rng, [&](const quant::ZeroQProgress& p) {
+      last_bns = p.bns_loss;
+      progress.update(p.iteration, fmt::format("bns {:.4f}", p.bns_loss));
+    });
+    progress.finish(fmt::format("bns {:.4f}", last_bns));
+    losses["zeroq_bns_final"] = last_bns;
+  }
+  calibrate(student, inputs, o.batch);
+
+  std::filesystem::create_directories(o.out);
+  const std::string student_path = (std::filesystem::path(o.out) / "student.safetensors").string();
+  save_checkpoint(student_path, student.to_checkpoint({{"zsq.quant.method", o.method},
+                                                       {"zsq.quant.teacher", o.teacher},
+                                                       {"zsq.quant.seed", std::to_string(o.common.seed)}}));
+  nlohmann::json report{{"run", o.out},
+                        {"method", o.method},
+                        {"teacher", o.teacher},
+                        {"student", student_path},
+                        {"convention", config.convention},
+                        {"weight_bits", o.wbits},
+                        {"act_bits", o.abits},
+                        {"seed", o.common.seed},
+                        {"threads", omp_get_max_threads()},
+                        {"synthetic_inputs", fmt::format("{} images ({})", inputs.size(0), o.method)},
+                        {"losses", losses},
+                        {"config", config.to_json()},
+                        {"zsq_version", "0.1.0"}};
+  report["layers"] = quant::analyze_layers(student, *teacher.model, first_rows(inputs, 256));
+  report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  quant::write_report(o.out, report);
+  {
+    std::ofstream f(std::filesystem::path(o.out) / "config.json");
+    f << config.to_json().dump(2) << "\n";
+  }
+  fmt::print("quantized {} with {} at W{}A{} ({} convention) -> {}\nreport: {}/report.md\nevaluate: zsq eval {} --report {}\n",
+             o.teacher, o.method, o.wbits, o.abits, config.convention, student_path, o.out, student_path, o.out);
+}
+}  // namespace
+
+void add_quantize_command(CLI::App& app) {
+  auto o = std::make_shared<QuantizeOptions>();
+  auto* verb = app.add_subcommand("quantize", "Zero-shot quantization of a teacher (reads no data set)");
+  verb->add_option("--teacher", o->teacher, "Full-precision teacher file (.safetensors)")->required();
+  verb->add_option("--method", o->method, "gaussian or zeroq")
+      ->required()
+      ->check(CLI::IsMember({"gaussian", "zeroq"}));
+  verb->add_option("--wbits", o->wbits, "Weight bits (2-8)")->check(CLI::Range(2, 8))->capture_default_str();
+  verb->add_option("--abits", o->abits, "Activation bits (2-8)")->check(CLI::Range(2, 8))->capture_default_str();
+  verb->add_option("--convention", o->convention, "paper or deploy (DESIGN.md §4)")
+      ->check(CLI::IsMember({"paper", "deploy"}))
+      ->capture_default_str();
+  verb->add_option("--config", o->config_file, "QConfig JSON file (overrides --convention)");
+  verb->add_option("--set", o->sets, "Override one config key, e.g. --set act_observer=ema (repeatable)");
+  verb->add_option("--out", o->out, "Run directory")->required();
+  verb->add_option("--calib-images", o->calib_images, "Synthetic calibration images")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  verb->add_option("--zeroq-iters", o->zeroq.iterations, "ZeroQ distillation iterations")->capture_default_str();
+  verb->add_option("--zeroq-lr", o->zeroq.lr, "ZeroQ Adam learning rate")->capture_default_str();
+  verb->add_option("--zeroq-ce", o->zeroq.ce_weight, "ZeroQ cross-entropy weight towards random labels (0 = off)")
+      ->capture_default_str();
+  add_common_options(verb, o->common);
+  verb->callback([o] { run_quantize(*o); });
+}
+
+}  // namespace zsq::cli
