@@ -54,7 +54,8 @@ void BM_TrainStep(benchmark::State& state) {
     loss.backward();
     sgd.step();
   }
-  state.counters["img/s"] = benchmark::Counter(static_cast<double>(kBatch), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["img/s"] =
+      benchmark::Counter(static_cast<double>(kBatch), benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void BM_Inference(benchmark::State& state) {
@@ -64,7 +65,8 @@ void BM_Inference(benchmark::State& state) {
   model->eval();
   NoGrad no_grad;
   for (auto _ : state) benchmark::DoNotOptimize(model->forward(x).raw_data());
-  state.counters["img/s"] = benchmark::Counter(static_cast<double>(kBatch), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["img/s"] =
+      benchmark::Counter(static_cast<double>(kBatch), benchmark::Counter::kIsIterationInvariantRate);
 }
 
 struct ConvData {
@@ -102,10 +104,12 @@ void BM_ConvsOnly(benchmark::State& state, bool train) {
         Tensor gw, gb;
         l.w.set_requires_grad(true);  // forward_training descriptors, as in a real step
         benchmark::DoNotOptimize(ops::conv2d_forward(l.x, l.w, Tensor(), l.p).raw_data());
-        if (i != 0) benchmark::DoNotOptimize(ops::conv2d_backward_data(l.g, l.w, l.x.shape(), l.p).raw_data());
+        if (i != 0)
+          benchmark::DoNotOptimize(ops::conv2d_backward_data(l.g, l.w, l.x.shape(), l.p).raw_data());
         ops::conv2d_backward_weights(l.g, l.x, l.w.shape(), false, l.p, gw, gb);
       }
-  state.counters["img/s"] = benchmark::Counter(static_cast<double>(kBatch), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["img/s"] =
+      benchmark::Counter(static_cast<double>(kBatch), benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void BM_Conv(benchmark::State& state, ConvShape s, int pass) {
@@ -123,8 +127,8 @@ void BM_Conv(benchmark::State& state, ConvShape s, int pass) {
       ops::conv2d_backward_weights(l.g, l.x, l.w.shape(), false, l.p, gw, gb);
     }
   }
-  state.counters["GFLOP/s"] = benchmark::Counter(conv_flops(s, kBatch), benchmark::Counter::kIsIterationInvariantRate,
-                                                 benchmark::Counter::kIs1000);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      conv_flops(s, kBatch), benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 
 // 12 independent FMA chains per thread hide the FMA latency; flops = 2 * 16 lanes per FMA.
@@ -141,8 +145,9 @@ void BM_FmaPeak(benchmark::State& state) {
       for (auto& a : acc) benchmark::DoNotOptimize(a);
     }
   }
-  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * 16 * 12 * kIters * omp_get_max_threads(),
-                                                 benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * 16 * 12 * kIters * omp_get_max_threads(),
+                         benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 }  // namespace
 
@@ -158,9 +163,11 @@ namespace {
   for (const auto& s : kShapes)
     for (int pass = 0; pass < 3; ++pass) {
       if (pass == 1 && s.cin == 1) continue;  // the stem never needs an input gradient
-      const auto name = fmt::format("BM_Conv/{}x{}x{}x{}_k{}s{}/{}", kBatch, s.cin, s.hw, s.hw, s.kernel, s.stride,
-                                    pass_names[pass]);
-      benchmark::RegisterBenchmark(name.c_str(), BM_Conv, s, pass)->Unit(benchmark::kMillisecond)->UseRealTime();
+      const auto name = fmt::format("BM_Conv/{}x{}x{}x{}_k{}s{}/{}", kBatch, s.cin, s.hw, s.hw, s.kernel,
+                                    s.stride, pass_names[pass]);
+      benchmark::RegisterBenchmark(name.c_str(), BM_Conv, s, pass)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
     }
   return true;
 }();

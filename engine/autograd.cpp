@@ -37,8 +37,12 @@ void accumulate_into_leaf(const Tensor& leaf, const Tensor& g) {
 }
 }  // namespace
 
-bool GradMode::enabled() { return grad_enabled; }
-void GradMode::set_enabled(bool on) { grad_enabled = on; }
+bool GradMode::enabled() {
+  return grad_enabled;
+}
+void GradMode::set_enabled(bool on) {
+  grad_enabled = on;
+}
 
 bool any_requires_grad(std::initializer_list<const Tensor*> inputs) {
   if (!GradMode::enabled()) return false;
@@ -109,15 +113,15 @@ void run_backward(const Tensor& root, const Tensor& seed, bool retain_graph) {
     pending.erase(found);
     ZSQ_CHECK(node->backward, "backward through '{}' a second time; pass retain_graph=true", node->name);
     std::vector<Tensor> grads = node->backward(grad_out, node->needs);
-    ZSQ_CHECK(grads.size() == node->inputs.size(), "node '{}' returned {} gradients for {} inputs", node->name,
-              grads.size(), node->inputs.size());
+    ZSQ_CHECK(grads.size() == node->inputs.size(), "node '{}' returned {} gradients for {} inputs",
+              node->name, grads.size(), node->inputs.size());
     for (std::size_t i = 0; i < grads.size(); ++i) {
       if (!node->needs[i]) continue;
       const Tensor& in = node->inputs[i];
       const Tensor& g = grads[i];
       ZSQ_CHECK(g.defined(), "node '{}' gave no gradient for input {}", node->name, i);
-      ZSQ_CHECK(g.shape() == in.shape(), "node '{}' gradient {} for input {} of shape {}", node->name, g.str(), i,
-                in.str());
+      ZSQ_CHECK(g.shape() == in.shape(), "node '{}' gradient {} for input {} of shape {}", node->name,
+                g.str(), i, in.str());
       if (in.grad_fn()) {
         auto [slot, inserted] = pending.try_emplace(in.grad_fn().get(), g);
         if (!inserted) slot->second = add_gradients(slot->second, g);

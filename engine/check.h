@@ -24,9 +24,9 @@ class Error : public std::runtime_error {
 }  // namespace zsq
 
 // ZSQ_CHECK(cond, "fmt", args...): throws zsq::Error with the formatted message when cond is false.
-#define ZSQ_CHECK(cond, ...)                                 \
-  do {                                                       \
-    if (!(cond)) [[unlikely]] {                              \
-      ::zsq::fail(::fmt::format(__VA_ARGS__));               \
-    }                                                        \
+#define ZSQ_CHECK(cond, ...)                   \
+  do {                                         \
+    if (!(cond)) [[unlikely]] {                \
+      ::zsq::fail(::fmt::format(__VA_ARGS__)); \
+    }                                          \
   } while (0)

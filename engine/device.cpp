@@ -110,6 +110,8 @@ void device_copy(void* dst, Device dst_device, const void* src, Device src_devic
   cuda::copy(dst, dst_device.is_cuda(), src, src_device.is_cuda(), bytes);
 }
 
-bool cuda_available() { return cuda::device_count() > 0; }
+bool cuda_available() {
+  return cuda::device_count() > 0;
+}
 
 }  // namespace zsq

@@ -23,10 +23,14 @@ constexpr std::size_t dtype_size(DType t) {
 
 constexpr std::string_view dtype_name(DType t) {
   switch (t) {
-    case DType::f32: return "f32";
-    case DType::s32: return "s32";
-    case DType::s8: return "s8";
-    case DType::u8: return "u8";
+    case DType::f32:
+      return "f32";
+    case DType::s32:
+      return "s32";
+    case DType::s8:
+      return "s8";
+    case DType::u8:
+      return "u8";
   }
   return "?";
 }
@@ -34,12 +38,20 @@ constexpr std::string_view dtype_name(DType t) {
 template <typename T>
 constexpr DType dtype_of();
 template <>
-constexpr DType dtype_of<float>() { return DType::f32; }
+constexpr DType dtype_of<float>() {
+  return DType::f32;
+}
 template <>
-constexpr DType dtype_of<std::int32_t>() { return DType::s32; }
+constexpr DType dtype_of<std::int32_t>() {
+  return DType::s32;
+}
 template <>
-constexpr DType dtype_of<std::int8_t>() { return DType::s8; }
+constexpr DType dtype_of<std::int8_t>() {
+  return DType::s8;
+}
 template <>
-constexpr DType dtype_of<std::uint8_t>() { return DType::u8; }
+constexpr DType dtype_of<std::uint8_t>() {
+  return DType::u8;
+}
 
 }  // namespace zsq

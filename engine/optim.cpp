@@ -21,7 +21,8 @@ std::map<std::string, Tensor> by_name(const std::vector<std::pair<std::string, T
   return {state.begin(), state.end()};
 }
 
-void restore(std::map<std::string, Tensor>& saved, const std::string& name, Tensor& slot, const Tensor& like) {
+void restore(std::map<std::string, Tensor>& saved, const std::string& name, Tensor& slot,
+             const Tensor& like) {
   auto it = saved.find(name);
   if (it == saved.end()) {
     slot = Tensor();
@@ -89,8 +90,9 @@ void Sgd::load_state(const std::vector<std::pair<std::string, Tensor>>& state) {
 Adam::Adam(std::vector<Tensor> params, const AdamOptions& options)
     : Optimizer(std::move(params), options.lr), options_(options), m_(params_.size()), v_(params_.size()) {
   check_params(params_, "Adam");
-  ZSQ_CHECK(options.beta1 >= 0 && options.beta1 < 1 && options.beta2 >= 0 && options.beta2 < 1 && options.eps > 0,
-            "Adam: betas must be in [0, 1) and eps > 0");
+  ZSQ_CHECK(
+      options.beta1 >= 0 && options.beta1 < 1 && options.beta2 >= 0 && options.beta2 < 1 && options.eps > 0,
+      "Adam: betas must be in [0, 1) and eps > 0");
 }
 
 void Adam::step() {
@@ -144,7 +146,8 @@ void Adam::load_state(const std::vector<std::pair<std::string, Tensor>>& state) 
 }
 
 float MultiStepSchedule::at(std::int64_t step) const {
-  const auto passed = std::count_if(milestones_.begin(), milestones_.end(), [&](auto m) { return m <= step; });
+  const auto passed =
+      std::count_if(milestones_.begin(), milestones_.end(), [&](auto m) { return m <= step; });
   return base_ * std::pow(gamma_, static_cast<float>(passed));
 }
 

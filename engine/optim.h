@@ -95,7 +95,8 @@ class MultiStepSchedule : public LrSchedule {
 // eta_min + (base - eta_min) * (1 + cos(pi * step / total)) / 2, constant eta_min after total.
 class CosineSchedule : public LrSchedule {
  public:
-  CosineSchedule(float base, std::int64_t total, float eta_min = 0.0f) : base_(base), total_(total), eta_min_(eta_min) {}
+  CosineSchedule(float base, std::int64_t total, float eta_min = 0.0f)
+      : base_(base), total_(total), eta_min_(eta_min) {}
   float at(std::int64_t step) const override;
 
  private:

@@ -11,7 +11,9 @@ std::uint64_t splitmix64(std::uint64_t& x) {
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
   return z ^ (z >> 31);
 }
-std::uint64_t rotl(std::uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+std::uint64_t rotl(std::uint64_t x, int k) {
+  return (x << k) | (x >> (64 - k));
+}
 }  // namespace
 
 void Rng::reseed(std::uint64_t seed) {
@@ -31,7 +33,9 @@ std::uint64_t Rng::next_u64() {
   return result;
 }
 
-float Rng::uniform() { return static_cast<float>(next_u64() >> 40) * 0x1.0p-24f; }
+float Rng::uniform() {
+  return static_cast<float>(next_u64() >> 40) * 0x1.0p-24f;
+}
 
 std::uint64_t Rng::below(std::uint64_t n) {
   ZSQ_CHECK(n > 0, "Rng::below(0)");

@@ -6,7 +6,9 @@
 
 namespace zsq {
 
-std::string shape_str(const Shape& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+std::string shape_str(const Shape& shape) {
+  return fmt::format("[{}]", fmt::join(shape, ", "));
+}
 
 std::int64_t shape_numel(const Shape& shape) {
   std::int64_t n = 1;
@@ -18,7 +20,9 @@ Storage::Storage(std::size_t bytes, Device device) : bytes_(bytes), device_(devi
   data_ = device_alloc(bytes, device);
 }
 
-Storage::~Storage() { device_free(data_, device_); }
+Storage::~Storage() {
+  device_free(data_, device_);
+}
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, MemoryFormat format, Device device) {
   for (auto s : shape) ZSQ_CHECK(s >= 0, "negative dimension in shape {}", shape_str(shape));
@@ -65,10 +69,18 @@ std::int64_t Tensor::size(std::int64_t d) const {
   return shape()[static_cast<std::size_t>(d)];
 }
 
-std::int64_t Tensor::numel() const { return shape_numel(shape()); }
-DType Tensor::dtype() const { return impl_->dtype; }
-MemoryFormat Tensor::format() const { return impl_->format; }
-Device Tensor::device() const { return impl_->storage->device(); }
+std::int64_t Tensor::numel() const {
+  return shape_numel(shape());
+}
+DType Tensor::dtype() const {
+  return impl_->dtype;
+}
+MemoryFormat Tensor::format() const {
+  return impl_->format;
+}
+Device Tensor::device() const {
+  return impl_->storage->device();
+}
 
 std::string Tensor::str() const {
   if (!defined()) return "<undefined>";
@@ -94,7 +106,9 @@ bool Tensor::is_layout_equivalent(MemoryFormat f) const {
   return s[1] == 1 || s[2] * s[3] == 1;
 }
 
-bool Tensor::requires_grad() const { return defined() && impl_->requires_grad; }
+bool Tensor::requires_grad() const {
+  return defined() && impl_->requires_grad;
+}
 
 Tensor& Tensor::set_requires_grad(bool on) {
   ZSQ_CHECK(defined(), "set_requires_grad on an undefined tensor");
@@ -103,12 +117,22 @@ Tensor& Tensor::set_requires_grad(bool on) {
   return *this;
 }
 
-const std::shared_ptr<Node>& Tensor::grad_fn() const { return impl_->grad_fn; }
-Tensor Tensor::grad() const { return impl_->grad; }
-void Tensor::set_grad(const Tensor& g) const { impl_->grad = g; }
-void Tensor::zero_grad() const { impl_->grad = Tensor(); }
+const std::shared_ptr<Node>& Tensor::grad_fn() const {
+  return impl_->grad_fn;
+}
+Tensor Tensor::grad() const {
+  return impl_->grad;
+}
+void Tensor::set_grad(const Tensor& g) const {
+  impl_->grad = g;
+}
+void Tensor::zero_grad() const {
+  impl_->grad = Tensor();
+}
 
-void Tensor::backward(const Tensor& seed, bool retain_graph) const { run_backward(*this, seed, retain_graph); }
+void Tensor::backward(const Tensor& seed, bool retain_graph) const {
+  run_backward(*this, seed, retain_graph);
+}
 
 Tensor Tensor::detach() const {
   auto impl = std::make_shared<TensorImpl>();

@@ -8,18 +8,20 @@
 
 namespace zsq::models {
 
-Conv2d::Conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, const ops::Conv2dParams& params, bool with_bias,
-               Rng& rng)
+Conv2d::Conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, const ops::Conv2dParams& params,
+               bool with_bias, Rng& rng)
     : params_(params) {
-  ZSQ_CHECK(in % params.groups == 0 && out % params.groups == 0, "Conv2d: channels {}->{} not divisible by groups {}",
-            in, out, params.groups);
+  ZSQ_CHECK(in % params.groups == 0 && out % params.groups == 0,
+            "Conv2d: channels {}->{} not divisible by groups {}", in, out, params.groups);
   const float fan_out = static_cast<float>(out / params.groups * kernel * kernel);
-  weight = register_parameter("weight", randn({out, in / params.groups, kernel, kernel}, rng, 0.0f,
-                                              std::sqrt(2.0f / fan_out)));
+  weight = register_parameter(
+      "weight", randn({out, in / params.groups, kernel, kernel}, rng, 0.0f, std::sqrt(2.0f / fan_out)));
   if (with_bias) bias = register_parameter("bias", Tensor::zeros({out}));
 }
 
-Tensor Conv2d::forward(const Tensor& x) { return ops::conv2d(x, effective_weight(), bias, params_); }
+Tensor Conv2d::forward(const Tensor& x) {
+  return ops::conv2d(x, effective_weight(), bias, params_);
+}
 
 BatchNorm2d::BatchNorm2d(std::int64_t channels, float momentum, float eps) {
   options_.momentum = momentum;
@@ -30,7 +32,9 @@ BatchNorm2d::BatchNorm2d(std::int64_t channels, float momentum, float eps) {
   running_var = register_buffer("running_var", Tensor::full({channels}, 1.0f));
 }
 
-Tensor BatchNorm2d::forward(const Tensor& x) { return forward(x, false); }
+Tensor BatchNorm2d::forward(const Tensor& x) {
+  return forward(x, false);
+}
 
 Tensor BatchNorm2d::forward(const Tensor& x, bool fuse_relu) {
   if (input_tap) input_tap(x);
@@ -50,15 +54,18 @@ Tensor Linear::forward(const Tensor& x) {
   return ops::linear(x, weight_quantizer ? weight_quantizer(weight) : weight, bias);
 }
 
-ConvBnAct::ConvBnAct(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t stride, std::int64_t groups,
-                     bool with_relu, Rng& rng)
+ConvBnAct::ConvBnAct(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t stride,
+                     std::int64_t groups, bool with_relu, Rng& rng)
     : relu(with_relu) {
-  conv = register_module("conv", std::make_shared<Conv2d>(in, out, kernel, ops::Conv2dParams::same(kernel, stride, groups),
-                                                          false, rng));
+  conv = register_module(
+      "conv",
+      std::make_shared<Conv2d>(in, out, kernel, ops::Conv2dParams::same(kernel, stride, groups), false, rng));
   bn = register_module("bn", std::make_shared<BatchNorm2d>(out));
 }
 
-Tensor ConvBnAct::forward(const Tensor& x) { return forward_with(x, Tensor(), relu); }
+Tensor ConvBnAct::forward(const Tensor& x) {
+  return forward_with(x, Tensor(), relu);
+}
 
 bool ConvBnAct::can_fold(const Tensor& x) const {
   return !bn->is_training() && !bn->input_tap &&

@@ -12,8 +12,10 @@ InvertedResidual::InvertedResidual(std::int64_t in, std::int64_t out, std::int64
                                    Rng& rng)
     : residual(stride == 1 && in == out) {
   const auto hidden = in * ratio;
-  if (ratio != 1) expand = register_module("expand", std::make_shared<ConvBnAct>(in, hidden, 1, 1, 1, true, rng));
-  depthwise = register_module("depthwise", std::make_shared<ConvBnAct>(hidden, hidden, 3, stride, hidden, true, rng));
+  if (ratio != 1)
+    expand = register_module("expand", std::make_shared<ConvBnAct>(in, hidden, 1, 1, 1, true, rng));
+  depthwise =
+      register_module("depthwise", std::make_shared<ConvBnAct>(hidden, hidden, 3, stride, hidden, true, rng));
   project = register_module("project", std::make_shared<ConvBnAct>(hidden, out, 1, 1, 1, false, rng));
 }
 
@@ -35,7 +37,7 @@ MobileNetV2::MobileNetV2(const MobileNetV2Config& config, Rng& rng) : config_(co
     std::int64_t expand, channels, repeats, stride;
   };
   // Stride of the 24-channel stage is 1 (instead of 2) for 32x32 inputs.
-  const Stage table[] = {{1, 16, 1, 1}, {6, 24, 2, 1}, {6, 32, 3, 2}, {6, 64, 4, 2},
+  const Stage table[] = {{1, 16, 1, 1}, {6, 24, 2, 1},  {6, 32, 3, 2}, {6, 64, 4, 2},
                          {6, 96, 3, 1}, {6, 160, 3, 2}, {6, 320, 1, 1}};
   std::int64_t in = scaled(32, config.width_mult);
   stem_ = register_module("stem", std::make_shared<ConvBnAct>(config.in_channels, in, 3, 1, 1, true, rng));
@@ -43,8 +45,9 @@ MobileNetV2::MobileNetV2(const MobileNetV2Config& config, Rng& rng) : config_(co
   for (const auto& s : table) {
     const auto out = scaled(s.channels, config.width_mult);
     for (std::int64_t r = 0; r < s.repeats; ++r) {
-      blocks_.push_back(register_module(fmt::format("blocks.{}", index++),
-                                        std::make_shared<InvertedResidual>(in, out, r == 0 ? s.stride : 1, s.expand, rng)));
+      blocks_.push_back(
+          register_module(fmt::format("blocks.{}", index++),
+                          std::make_shared<InvertedResidual>(in, out, r == 0 ? s.stride : 1, s.expand, rng)));
       in = out;
     }
   }
@@ -54,8 +57,8 @@ MobileNetV2::MobileNetV2(const MobileNetV2Config& config, Rng& rng) : config_(co
 }
 
 Tensor MobileNetV2::forward(const Tensor& x) {
-  ZSQ_CHECK(x.dim() == 4 && x.size(1) == config_.in_channels, "MobileNetV2: input must be [N, {}, H, W], got {}",
-            config_.in_channels, x.str());
+  ZSQ_CHECK(x.dim() == 4 && x.size(1) == config_.in_channels,
+            "MobileNetV2: input must be [N, {}, H, W], got {}", config_.in_channels, x.str());
   Tensor h = stem_->forward(x);
   for (auto& b : blocks_) h = b->forward(h);
   return fc_->forward(ops::flatten(ops::global_avg_pool(head_->forward(h))));

@@ -33,7 +33,8 @@ LoadedModel model_from_checkpoint(const Checkpoint& checkpoint) {
   std::vector<std::pair<std::string, Tensor>> state;
   for (auto& [name, t] : out.model->named_state()) {
     const Tensor* found = checkpoint.find(name);
-    ZSQ_CHECK(found != nullptr, "{}: missing tensor '{}' for {} (expects {})", file, name, arch->second, t.str());
+    ZSQ_CHECK(found != nullptr, "{}: missing tensor '{}' for {} (expects {})", file, name, arch->second,
+              t.str());
     state.emplace_back(name, *found);
   }
   out.model->load_state(state, file);
@@ -41,6 +42,8 @@ LoadedModel model_from_checkpoint(const Checkpoint& checkpoint) {
   return out;
 }
 
-LoadedModel load_model(const std::string& path) { return model_from_checkpoint(load_checkpoint(path)); }
+LoadedModel load_model(const std::string& path) {
+  return model_from_checkpoint(load_checkpoint(path));
+}
 
 }  // namespace zsq::models

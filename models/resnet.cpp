@@ -22,7 +22,8 @@ CifarResNet::CifarResNet(const ResNetConfig& config, Rng& rng) : config_(config)
   ZSQ_CHECK(config.depth >= 8 && (config.depth - 2) % 6 == 0, "CIFAR ResNet depth must be 6n+2, got {}",
             config.depth);
   const auto blocks = (config.depth - 2) / 6;
-  stem_ = register_module("stem", std::make_shared<ConvBnAct>(config.in_channels, config.width, 3, 1, 1, true, rng));
+  stem_ = register_module("stem",
+                          std::make_shared<ConvBnAct>(config.in_channels, config.width, 3, 1, 1, true, rng));
   std::int64_t in = config.width;
   for (int s = 0; s < 3; ++s) {
     const std::int64_t out = config.width << s;
@@ -37,8 +38,8 @@ CifarResNet::CifarResNet(const ResNetConfig& config, Rng& rng) : config_(config)
 }
 
 std::vector<Tensor> CifarResNet::forward_stages(const Tensor& x, Tensor& logits) {
-  ZSQ_CHECK(x.dim() == 4 && x.size(1) == config_.in_channels,
-            "ResNet: input must be [N, {}, H, W], got {}", config_.in_channels, x.str());
+  ZSQ_CHECK(x.dim() == 4 && x.size(1) == config_.in_channels, "ResNet: input must be [N, {}, H, W], got {}",
+            config_.in_channels, x.str());
   std::vector<Tensor> stages;
   Tensor h = stem_->forward(x);
   for (auto& stage : stages_) {

@@ -5,7 +5,9 @@
 
 namespace zsq::models {
 
-std::vector<std::string> model_names() { return {"resnet20", "resnet32", "resnet56", "mobilenetv2"}; }
+std::vector<std::string> model_names() {
+  return {"resnet20", "resnet32", "resnet56", "mobilenetv2"};
+}
 
 namespace {
 nlohmann::json defaults_for(const std::string& name) {
@@ -22,7 +24,8 @@ ModelSpec resolve_model_spec(const std::string& name, const nlohmann::json& over
   for (const auto& [key, value] : overrides.items()) {
     ZSQ_CHECK(spec.config.contains(key), "model '{}' has no config field '{}' (fields: {})", name, key,
               spec.config.dump());
-    ZSQ_CHECK(value.is_number(), "model '{}' config field '{}' must be a number, got {}", name, key, value.dump());
+    ZSQ_CHECK(value.is_number(), "model '{}' config field '{}' must be a number, got {}", name, key,
+              value.dump());
     spec.config[key] = value;
   }
   return spec;

@@ -19,7 +19,8 @@ struct ModelSpec {
 
 std::vector<std::string> model_names();
 // Fills defaults and validates fields; the returned spec is what checkpoints record.
-ModelSpec resolve_model_spec(const std::string& name, const nlohmann::json& overrides = nlohmann::json::object());
+ModelSpec resolve_model_spec(const std::string& name,
+                             const nlohmann::json& overrides = nlohmann::json::object());
 std::shared_ptr<Classifier> build_model(const ModelSpec& spec, Rng& rng);
 
 }  // namespace zsq::models

@@ -41,8 +41,8 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
   Tensor mean = use_global_stats ? (recording ? running_mean.clone() : running_mean) : Tensor();
   Tensor var = use_global_stats ? (recording ? running_var.clone() : running_var) : Tensor();
   Tensor workspace;
-  Tensor out = dnnl_impl::batch_norm_forward(x, weight, bias, mean, var, use_global_stats, recording, options.eps,
-                                             options.fuse_relu, &workspace);
+  Tensor out = dnnl_impl::batch_norm_forward(x, weight, bias, mean, var, use_global_stats, recording,
+                                             options.eps, options.fuse_relu, &workspace);
 
   if (options.training && running_mean.defined()) {
     const auto n = static_cast<double>(x.numel() / x.size(1));

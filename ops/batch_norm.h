@@ -40,8 +40,8 @@ namespace dnnl_impl {
 // the training-kind primitive that the backward pass is hinted with.
 // With fuse_relu and for_backward, `workspace` receives the ReLU mask the backward needs.
 Tensor batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& mean,
-                          Tensor& var, bool use_global_stats, bool for_backward, float eps, bool fuse_relu = false,
-                          Tensor* workspace = nullptr);
+                          Tensor& var, bool use_global_stats, bool for_backward, float eps,
+                          bool fuse_relu = false, Tensor* workspace = nullptr);
 // grad_out has x's shape and format. grad_weight / grad_bias are always computed except in eval mode
 // without with_weight_grads (a per-channel scaling of grad_out then).
 void batch_norm_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight, const Tensor& mean,

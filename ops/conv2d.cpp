@@ -6,13 +6,14 @@ namespace zsq::ops {
 
 Shape conv2d_output_shape(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p) {
   ZSQ_CHECK(x.defined() && weight.defined(), "conv2d: undefined input or weight");
-  ZSQ_CHECK(x.dim() == 4 && x.dtype() == DType::f32, "conv2d: input must be f32 [N, C, H, W], got {}", x.str());
+  ZSQ_CHECK(x.dim() == 4 && x.dtype() == DType::f32, "conv2d: input must be f32 [N, C, H, W], got {}",
+            x.str());
   ZSQ_CHECK(weight.dim() == 4 && weight.dtype() == DType::f32 && weight.format() == MemoryFormat::contiguous,
             "conv2d: weight must be contiguous f32 [O, C/groups, KH, KW], got {}", weight.str());
   ZSQ_CHECK(p.groups >= 1 && p.stride_h >= 1 && p.stride_w >= 1 && p.dilation_h >= 1 && p.dilation_w >= 1 &&
                 p.pad_h >= 0 && p.pad_w >= 0,
-            "conv2d: bad parameters (groups {}, stride {}x{}, dilation {}x{}, padding {}x{})", p.groups, p.stride_h,
-            p.stride_w, p.dilation_h, p.dilation_w, p.pad_h, p.pad_w);
+            "conv2d: bad parameters (groups {}, stride {}x{}, dilation {}x{}, padding {}x{})", p.groups,
+            p.stride_h, p.stride_w, p.dilation_h, p.dilation_w, p.pad_h, p.pad_w);
   const auto C = x.size(1), O = weight.size(0);
   ZSQ_CHECK(C % p.groups == 0 && O % p.groups == 0 && weight.size(1) == C / p.groups,
             "conv2d: input {} and weight {} do not match with groups={}", x.str(), weight.str(), p.groups);
@@ -21,8 +22,8 @@ Shape conv2d_output_shape(const Tensor& x, const Tensor& weight, const Tensor& b
               "conv2d: bias must be f32 [{}], got {}", O, bias.str());
   const auto OH = (x.size(2) + 2 * p.pad_h - p.dilation_h * (weight.size(2) - 1) - 1) / p.stride_h + 1;
   const auto OW = (x.size(3) + 2 * p.pad_w - p.dilation_w * (weight.size(3) - 1) - 1) / p.stride_w + 1;
-  ZSQ_CHECK(OH >= 1 && OW >= 1, "conv2d: input {} too small for weight {} (output {}x{})", x.str(), weight.str(), OH,
-            OW);
+  ZSQ_CHECK(OH >= 1 && OW >= 1, "conv2d: input {} too small for weight {} (output {}x{})", x.str(),
+            weight.str(), OH, OW);
   return {x.size(0), O, OH, OW};
 }
 
@@ -31,8 +32,8 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
   return dnnl_impl::conv2d_forward(x, weight, bias, p, any_requires_grad({&x, &weight, &bias}));
 }
 
-Tensor conv2d_fused_inference(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p,
-                              const ConvEpilogue& epilogue) {
+Tensor conv2d_fused_inference(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                              const Conv2dParams& p, const ConvEpilogue& epilogue) {
   const Shape out_shape = conv2d_output_shape(x, weight, bias, p);
   if (epilogue.residual.defined())
     ZSQ_CHECK(epilogue.residual.shape() == out_shape && epilogue.residual.dtype() == DType::f32,
@@ -46,8 +47,8 @@ Tensor conv2d_backward_data(const Tensor& grad_out, const Tensor& weight, const 
   return dnnl_impl::conv2d_backward_data(grad_out, weight, x_shape, p);
 }
 
-void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape, bool with_bias,
-                             const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias) {
+void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape,
+                             bool with_bias, const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias) {
   dnnl_impl::conv2d_backward_weights(grad_out, x, weight_shape, with_bias, p, grad_weight, grad_bias);
 }
 
@@ -60,18 +61,17 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
   const bool with_bias = bias.defined();
   std::vector<Tensor> inputs{x, weight};
   if (with_bias) inputs.push_back(bias);
-  return record(out, "conv2d", std::move(inputs),
-                [=](const Tensor& g, const std::vector<bool>& needs) {
-                  std::vector<Tensor> grads(needs.size());
-                  if (needs[0]) grads[0] = conv2d_backward_data(g, saved_w, x_shape, p);
-                  if (needs[1] || (with_bias && needs[2])) {
-                    Tensor gw, gb;
-                    conv2d_backward_weights(g, saved_x, saved_w.shape(), with_bias, p, gw, gb);
-                    grads[1] = gw;
-                    if (with_bias) grads[2] = gb;
-                  }
-                  return grads;
-                });
+  return record(out, "conv2d", std::move(inputs), [=](const Tensor& g, const std::vector<bool>& needs) {
+    std::vector<Tensor> grads(needs.size());
+    if (needs[0]) grads[0] = conv2d_backward_data(g, saved_w, x_shape, p);
+    if (needs[1] || (with_bias && needs[2])) {
+      Tensor gw, gb;
+      conv2d_backward_weights(g, saved_x, saved_w.shape(), with_bias, p, gw, gb);
+      grads[1] = gw;
+      if (with_bias) grads[2] = gb;
+    }
+    return grads;
+  });
 }
 
 }  // namespace zsq::ops

@@ -30,8 +30,8 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
 Tensor conv2d_backward_data(const Tensor& grad_out, const Tensor& weight, const Shape& x_shape,
                             const Conv2dParams& p);
 // Writes grad_weight (same shape as weight, contiguous) and, when wanted, grad_bias [O].
-void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape, bool with_bias,
-                             const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias);
+void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape,
+                             bool with_bias, const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias);
 
 // What an inference-only convolution may fuse after the bias: a residual of the output's shape added
 // element-wise, then a ReLU. Lets eval-mode networks run conv+BN(folded)+add+ReLU as one pass.
@@ -42,15 +42,15 @@ struct ConvEpilogue {
 
 // y = relu?(conv(x, weight) + bias + residual?). No autograd: callers use it only when nothing needs a
 // gradient (evaluation, calibration). The reference is conv2d_forward followed by add and relu.
-Tensor conv2d_fused_inference(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p,
-                              const ConvEpilogue& epilogue);
+Tensor conv2d_fused_inference(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                              const Conv2dParams& p, const ConvEpilogue& epilogue);
 
 namespace ref {
 Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p);
 Tensor conv2d_backward_data(const Tensor& grad_out, const Tensor& weight, const Shape& x_shape,
                             const Conv2dParams& p);
-void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape, bool with_bias,
-                             const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias);
+void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape,
+                             bool with_bias, const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias);
 }  // namespace ref
 
 namespace dnnl_impl {
@@ -58,8 +58,8 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
                       bool training, const ConvEpilogue& epilogue = {});
 Tensor conv2d_backward_data(const Tensor& grad_out, const Tensor& weight, const Shape& x_shape,
                             const Conv2dParams& p);
-void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape, bool with_bias,
-                             const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias);
+void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape,
+                             bool with_bias, const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias);
 }  // namespace dnnl_impl
 
 }  // namespace zsq::ops

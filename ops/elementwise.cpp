@@ -11,12 +11,14 @@ namespace {
 void check_binary(const char* op, const Tensor& a, const Tensor& b) {
   ZSQ_CHECK(a.defined() && b.defined(), "{}: undefined operand", op);
   ZSQ_CHECK(a.shape() == b.shape(), "{}: shapes differ: {} vs {}", op, a.str(), b.str());
-  ZSQ_CHECK(a.dtype() == DType::f32 && b.dtype() == DType::f32, "{}: f32 operands expected, got {} and {}", op,
-            a.str(), b.str());
+  ZSQ_CHECK(a.dtype() == DType::f32 && b.dtype() == DType::f32, "{}: f32 operands expected, got {} and {}",
+            op, a.str(), b.str());
 }
 
 // b read in a's memory format (a copy only when the formats really differ).
-Tensor like(const Tensor& b, const Tensor& a) { return b.format() == a.format() ? b : b.to_format(a.format()); }
+Tensor like(const Tensor& b, const Tensor& a) {
+  return b.format() == a.format() ? b : b.to_format(a.format());
+}
 
 template <typename F>
 Tensor map_binary(const Tensor& a, const Tensor& b, F f) {
@@ -55,8 +57,9 @@ Tensor mul(const Tensor& a, const Tensor& b) {
   Tensor out = map_binary(a, b, [](float x, float y) { return x * y; });
   Tensor sa = a.detach(), sb = b.detach();
   return record(out, "mul", {a, b}, [sa, sb](const Tensor& g, const std::vector<bool>& needs) {
-    return std::vector<Tensor>{needs[0] ? map_binary(g, sb, [](float x, float y) { return x * y; }) : Tensor(),
-                               needs[1] ? map_binary(g, sa, [](float x, float y) { return x * y; }) : Tensor()};
+    return std::vector<Tensor>{
+        needs[0] ? map_binary(g, sb, [](float x, float y) { return x * y; }) : Tensor(),
+        needs[1] ? map_binary(g, sa, [](float x, float y) { return x * y; }) : Tensor()};
   });
 }
 

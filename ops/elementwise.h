@@ -10,8 +10,12 @@ Tensor sub(const Tensor& a, const Tensor& b);
 Tensor mul(const Tensor& a, const Tensor& b);
 // a * scale + shift, scale and shift constants.
 Tensor affine_scalar(const Tensor& a, float scale, float shift);
-inline Tensor mul_scalar(const Tensor& a, float s) { return affine_scalar(a, s, 0.0f); }
-inline Tensor add_scalar(const Tensor& a, float s) { return affine_scalar(a, 1.0f, s); }
+inline Tensor mul_scalar(const Tensor& a, float s) {
+  return affine_scalar(a, s, 0.0f);
+}
+inline Tensor add_scalar(const Tensor& a, float s) {
+  return affine_scalar(a, 1.0f, s);
+}
 
 Tensor relu(const Tensor& x);
 Tensor leaky_relu(const Tensor& x, float negative_slope = 0.01f);

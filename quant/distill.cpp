@@ -28,8 +28,8 @@ Tensor bn_statistics_loss(models::Classifier& teacher, const Tensor& images, Ten
   for (auto* bn : bns) bn->input_tap = [&inputs](const Tensor& x) { inputs.push_back(x); };
   Tensor logits = teacher.forward(images);
   for (auto* bn : bns) bn->input_tap = nullptr;
-  ZSQ_CHECK(inputs.size() == bns.size(), "bn_statistics_loss: saw {} BN inputs for {} BN layers", inputs.size(),
-            bns.size());
+  ZSQ_CHECK(inputs.size() == bns.size(), "bn_statistics_loss: saw {} BN inputs for {} BN layers",
+            inputs.size(), bns.size());
   Tensor total;
   for (std::size_t i = 0; i < bns.size(); ++i) {
     const Tensor& x = inputs[i];
@@ -38,13 +38,13 @@ Tensor bn_statistics_loss(models::Classifier& teacher, const Tensor& images, Ten
     Tensor running_std = Tensor::empty({bns[i]->channels()});
     for (std::int64_t c = 0; c < bns[i]->channels(); ++c)
       running_std.f32()[c] = std::sqrt(bns[i]->running_var.f32()[c] + bns[i]->eps());
-    Tensor term = ops::add(ops::sqrt(l2_distance(mean, bns[i]->running_mean)), ops::sqrt(l2_distance(stddev, running_std)));
+    Tensor term = ops::add(ops::sqrt(l2_distance(mean, bns[i]->running_mean)),
+                           ops::sqrt(l2_distance(stddev, running_std)));
     total = total.defined() ? ops::add(total, term) : term;
   }
   if (logits_out != nullptr) *logits_out = logits;
   return total;
 }
-
 
 Tensor zeroq_distill(models::Classifier& teacher, const ZeroQOptions& o, Rng& rng,
                      const std::function<void(const ZeroQProgress&)>& on_step) {
@@ -61,7 +61,8 @@ Tensor zeroq_distill(models::Classifier& teacher, const ZeroQOptions& o, Rng& rn
   images.set_requires_grad(true);
   Tensor labels = Tensor::empty({o.batch}, DType::s32);
   for (std::int64_t i = 0; i < o.batch; ++i)
-    labels.data<std::int32_t>()[i] = static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(teacher.num_classes())));
+    labels.data<std::int32_t>()[i] =
+        static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(teacher.num_classes())));
   Adam adam({images}, {.lr = o.lr});
   for (std::int64_t it = 0; it < o.iterations; ++it) {
     Tensor logits;

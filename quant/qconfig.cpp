@@ -218,7 +218,8 @@ QConfig QConfig::deploy(int weight_bits, int act_bits) {
   cfg.weight_symmetric = true;
   cfg.act_symmetric = false;  // u8 after ReLU: the observed lo is 0, so the zero point is 0
   cfg.first_last_bits = 8;
-  cfg.quantize_input = false;  // the fake-quant student keeps the image in float; the integer runner owns input quantization
+  cfg.quantize_input =
+      false;  // the fake-quant student keeps the image in float; the integer runner owns input quantization
   cfg.fold_bn = true;
   cfg.bn_mode = BnMode::frozen;  // folded into the weights: nothing to update
   cfg.validate();

@@ -70,7 +70,9 @@ std::map<std::string, Tensor> capture(models::Classifier& model, const Tensor& i
   return seen;
 }
 
-double finite_or(double v, double cap) { return std::isfinite(v) ? v : cap; }
+double finite_or(double v, double cap) {
+  return std::isfinite(v) ? v : cap;
+}
 }  // namespace
 
 nlohmann::json analyze_layers(Student& student, models::Classifier& teacher, const Tensor& inputs) {
@@ -155,20 +157,24 @@ std::string render_report_markdown(const nlohmann::json& r) {
   md += "| field | value |\n|---|---|\n";
   for (const char* key : {"method", "teacher", "convention", "weight_bits", "act_bits", "seed", "threads",
                           "synthetic_inputs", "seconds", "zsq_version", "cpu"})
-    if (r.contains(key)) md += fmt::format("| {} | {} |\n", key, r[key].is_string() ? r[key].get<std::string>() : r[key].dump());
+    if (r.contains(key))
+      md += fmt::format("| {} | {} |\n", key, r[key].is_string() ? r[key].get<std::string>() : r[key].dump());
   if (r.contains("losses")) md += fmt::format("| losses | {} |\n", r["losses"].dump());
   if (r.contains("accuracy")) {
     md += "\n## Test accuracy (zsq eval --report)\n\n| model | top-1 % | n |\n|---|---|---|\n";
     for (const auto& row : r["accuracy"])
-      md += fmt::format("| {} | {:.2f} | {} |\n", row.value("model", std::string()), 100.0 * row.value("accuracy", 0.0),
-                        row.value("n", 0));
+      md += fmt::format("| {} | {:.2f} | {} |\n", row.value("model", std::string()),
+                        100.0 * row.value("accuracy", 0.0), row.value("n", 0));
   }
-  md += "\n## Per-layer table\n\nSQNR in dB against full precision; activation columns are cumulative (measured on the "
-        "method's own synthetic inputs";
+  md +=
+      "\n## Per-layer table\n\nSQNR in dB against full precision; activation columns are cumulative "
+      "(measured on the "
+      "method's own synthetic inputs";
   md += r.contains("layers_test") ? "; the test-image columns come from `zsq eval --report`).\n\n" : ").\n\n";
   const bool test = r.contains("layers_test");
   md += "| layer | W bits | weight SQNR | A bits | act range | act SQNR | cosine |";
-  md += test ? " act SQNR (test) | cosine (test) |\n|---|---|---|---|---|---|---|---|---|\n" : "\n|---|---|---|---|---|---|---|\n";
+  md += test ? " act SQNR (test) | cosine (test) |\n|---|---|---|---|---|---|---|---|---|\n"
+             : "\n|---|---|---|---|---|---|---|\n";
   std::map<std::string, nlohmann::json> by_layer;
   if (test)
     for (const auto& row : r["layers_test"]) by_layer[row.value("layer", std::string())] = row;
@@ -176,9 +182,12 @@ std::string render_report_markdown(const nlohmann::json& r) {
     const std::string layer = row.value("layer", std::string());
     std::string range;
     if (row.contains("act_range"))
-      range = fmt::format("[{:.3g}, {:.3g}]", row["act_range"][0].get<double>(), row["act_range"][1].get<double>());
-    md += fmt::format("| {} | {} | {} | {} | {} | {} | {} |", layer, row.contains("weight_bits") ? row["weight_bits"].dump() : "",
-                      num(row, "weight_sqnr_db", "{:.1f}"), row.contains("act_bits") ? row["act_bits"].dump() : "", range,
+      range = fmt::format("[{:.3g}, {:.3g}]", row["act_range"][0].get<double>(),
+                          row["act_range"][1].get<double>());
+    md += fmt::format("| {} | {} | {} | {} | {} | {} | {} |", layer,
+                      row.contains("weight_bits") ? row["weight_bits"].dump() : "",
+                      num(row, "weight_sqnr_db", "{:.1f}"),
+                      row.contains("act_bits") ? row["act_bits"].dump() : "", range,
                       num(row, "act_sqnr_db", "{:.1f}"), num(row, "act_cosine", "{:.4f}"));
     if (test) {
       const auto& t = by_layer[layer];

@@ -1,7 +1,7 @@
 #include "quant/student.h"
 
-#include "engine/autograd.h"
 #include <algorithm>
+#include "engine/autograd.h"
 
 #include "ops/fake_quant.h"
 
@@ -22,7 +22,8 @@ void walk(Module& m, const std::string& prefix, F&& visit) {
 Student::Student(const models::ModelSpec& spec, const models::Classifier& teacher, const QConfig& config)
     : spec_(spec), config_(config) {
   config_.validate();
-  ZSQ_CHECK(!config_.quantize_input, "quantize_input=true is not supported by the fake-quantized student yet");
+  ZSQ_CHECK(!config_.quantize_input,
+            "quantize_input=true is not supported by the fake-quantized student yet");
   Rng rng(0);
   model_ = models::build_model(spec_, rng);
   model_->load_state(teacher.named_state(), "teacher");
@@ -42,7 +43,8 @@ void Student::install_hooks() {
       convs.emplace_back(path, &m);
   });
   for (std::size_t i = 0; i < convs.size(); ++i) {
-    const LayerRole role = i == 0 ? LayerRole::first : (i + 1 == convs.size() ? LayerRole::last : LayerRole::middle);
+    const LayerRole role =
+        i == 0 ? LayerRole::first : (i + 1 == convs.size() ? LayerRole::last : LayerRole::middle);
     WeightSite site;
     site.name = convs[i].first;
     site.bits = config_.bits_for(site.name, role).weight_bits;
@@ -65,13 +67,16 @@ void Student::install_hooks() {
     // An activation belongs to its unit; the first unit (the stem) is the "first layer" for bits.
     site.bits = config_.bits_for(site.name, i == 0 ? LayerRole::first : LayerRole::middle).act_bits;
     site.observer = make_observer(config_, site.bits);
-    site.unit->output_quantizer = [this, i](const Tensor& a) { return quantize_activation(activations_[i], a); };
+    site.unit->output_quantizer = [this, i](const Tensor& a) {
+      return quantize_activation(activations_[i], a);
+    };
   }
 }
 
 Tensor Student::quantize_weight(const WeightSite& site, const Tensor& w) const {
   ops::FakeQuantSpec spec{site.bits, config_.weight_symmetric, config_.ste == SteKind::clipped};
-  if (config_.weight_granularity == Granularity::per_channel) return ops::fake_quant_per_channel_minmax(w, spec);
+  if (config_.weight_granularity == Granularity::per_channel)
+    return ops::fake_quant_per_channel_minmax(w, spec);
   const auto v = w.detach();
   float lo = v.f32()[0], hi = v.f32()[0];
   for (std::int64_t i = 0; i < v.numel(); ++i) {
@@ -88,8 +93,8 @@ Tensor Student::quantize_activation(ActivationSite& site, const Tensor& a) {
     ++site.observations;
   }
   if (phase_ == Phase::calibrate) return a;
-  ZSQ_CHECK(site.observations > 0 || site.observer->frozen(), "activation site {} has no range yet; calibrate first",
-            site.name);
+  ZSQ_CHECK(site.observations > 0 || site.observer->frozen(),
+            "activation site {} has no range yet; calibrate first", site.name);
   // Post-ReLU activations are quantized on [0, hi] when the observer saw only non-negative values.
   ops::FakeQuantSpec spec{site.bits, config_.act_symmetric, config_.ste == SteKind::clipped};
   return ops::fake_quant_per_tensor(a, site.observer->lo(), site.observer->hi(), spec);

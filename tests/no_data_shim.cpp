@@ -37,7 +37,8 @@ F real(const char* name) {
 }
 
 mode_t mode_arg(int flags, va_list args) {
-  return (flags & O_CREAT) || (flags & __O_TMPFILE) == __O_TMPFILE ? static_cast<mode_t>(va_arg(args, int)) : 0;
+  return (flags & O_CREAT) || (flags & __O_TMPFILE) == __O_TMPFILE ? static_cast<mode_t>(va_arg(args, int))
+                                                                   : 0;
 }
 }  // namespace
 

@@ -12,7 +12,7 @@ using namespace zsq::testing;
 TEST_CASE("shared subexpressions receive the sum of both paths' gradients") {
   Tensor x = Tensor::from_vector({3}, {1.0f, -2.0f, 3.0f});
   x.set_requires_grad(true);
-  Tensor y = ops::mul(x, x);          // y = x^2
+  Tensor y = ops::mul(x, x);                         // y = x^2
   Tensor z = ops::add(y, ops::mul_scalar(y, 2.0f));  // z = 3 x^2, y used twice
   z.backward(Tensor::full({3}, 1.0f));
   auto g = x.grad().to_vector();
@@ -53,9 +53,7 @@ TEST_CASE("NoGrad records nothing and restores the previous mode") {
     NoGrad guard;
     Tensor y = ops::mul(x, x);
     CHECK_FALSE(y.requires_grad());
-    {
-      NoGrad nested;
-    }
+    { NoGrad nested; }
     CHECK_FALSE(GradMode::enabled());
   }
   CHECK(GradMode::enabled());

@@ -49,7 +49,9 @@ Result run(const std::string& args) {
   return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), slurp(out), slurp(err)};
 }
 
-bool have_data() { return fs::exists("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"); }
+bool have_data() {
+  return fs::exists("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz");
+}
 
 // Copies the Fashion-MNIST files into `dir`, truncating `victim` to `keep` bytes.
 void copy_data_with_truncation(const fs::path& dir, const std::string& victim, std::uintmax_t keep) {
@@ -95,7 +97,8 @@ TEST_CASE("train, interrupt, resume: the same model as an uninterrupted run; eva
   }
   const auto full = (work_dir() / "full.safetensors").string();
   const auto resumed = (work_dir() / "resumed.safetensors").string();
-  const std::string common = " --model resnet20 --epochs 2 --batch 64 --limit 256 --no-test --seed 3 --threads 2";
+  const std::string common =
+      " --model resnet20 --epochs 2 --batch 64 --limit 256 --no-test --seed 3 --threads 2";
   auto r = run("train" + common + " --out " + full);
   REQUIRE_MESSAGE(r.code == 0, r.err);
   CHECK(r.err.find("epoch 2/2") != std::string::npos);
@@ -122,7 +125,6 @@ TEST_CASE("train, interrupt, resume: the same model as an uninterrupted run; eva
   CHECK(r.out.find("resnet20") != std::string::npos);
   CHECK(r.out.find("stage3.2.conv2.conv.weight") != std::string::npos);
   CHECK(r.out.find("[64, 64, 3, 3]") != std::string::npos);
-
 }
 
 TEST_CASE("a truncated checkpoint: non-zero exit, one clear line") {

@@ -27,7 +27,8 @@ TEST_CASE("MobileNetV2 builds with depthwise convolutions and gives [N, 10] logi
   Rng rng(0);
   auto model = models::build_model(models::resolve_model_spec("mobilenetv2", {{"width_mult", 0.5}}), rng);
   bool depthwise = false;
-  for (auto& [name, t] : model->named_parameters()) depthwise |= name.find("depthwise.conv.weight") != std::string::npos && t.size(1) == 1;
+  for (auto& [name, t] : model->named_parameters())
+    depthwise |= name.find("depthwise.conv.weight") != std::string::npos && t.size(1) == 1;
   CHECK(depthwise);
   NoGrad ng;
   model->eval();
@@ -36,7 +37,8 @@ TEST_CASE("MobileNetV2 builds with depthwise convolutions and gives [N, 10] logi
 
 TEST_CASE("the zoo rejects unknown models and fields by name") {
   CHECK_THROWS_WITH_AS(models::resolve_model_spec("resnet21"), doctest::Contains("resnet21"), Error);
-  CHECK_THROWS_WITH_AS(models::resolve_model_spec("resnet20", {{"depth", 3}}), doctest::Contains("depth"), Error);
+  CHECK_THROWS_WITH_AS(models::resolve_model_spec("resnet20", {{"depth", 3}}), doctest::Contains("depth"),
+                       Error);
 }
 
 TEST_CASE("a saved model reloads to identical outputs; mismatched files are rejected") {
@@ -69,7 +71,8 @@ TEST_CASE("a saved model reloads to identical outputs; mismatched files are reje
 
 TEST_CASE("gradients through a whole (tiny) ResNet match finite differences") {
   Rng rng(2);
-  auto model = models::build_model(models::resolve_model_spec("resnet20", {{"width", 2}, {"num_classes", 3}}), rng);
+  auto model =
+      models::build_model(models::resolve_model_spec("resnet20", {{"width", 2}, {"num_classes", 3}}), rng);
   // Eval mode: with batch statistics every input couples to every output through BN, so one ReLU
   // crossing its kink under the finite-difference step spoils every estimate; the per-op tests cover
   // training-mode BN.
@@ -78,14 +81,17 @@ TEST_CASE("gradients through a whole (tiny) ResNet match finite differences") {
   // The input and a sample of parameters (all of them would be slow).
   std::vector<Tensor> inputs{x};
   for (auto& [name, t] : model->named_parameters())
-    if (name == "stem.conv.weight" || name == "stage2.0.shortcut.bn.weight" || name == "fc.weight") inputs.push_back(t);
+    if (name == "stem.conv.weight" || name == "stage2.0.shortcut.bn.weight" || name == "fc.weight")
+      inputs.push_back(t);
   REQUIRE(inputs.size() == 4);
-  check_gradients([&](const std::vector<Tensor>& in) { return model->forward(in[0]); }, inputs, 1e-3, 5e-2, 5e-3);
+  check_gradients([&](const std::vector<Tensor>& in) { return model->forward(in[0]); }, inputs, 1e-3, 5e-2,
+                  5e-3);
 }
 
 TEST_CASE("end to end: SGD on a small learnable task drives the loss down") {
   Rng rng(3);
-  auto model = models::build_model(models::resolve_model_spec("resnet20", {{"width", 8}, {"num_classes", 4}}), rng);
+  auto model =
+      models::build_model(models::resolve_model_spec("resnet20", {{"width", 8}, {"num_classes", 4}}), rng);
   // Class k = a bright 4x4 patch in quadrant k, plus noise.
   const std::int64_t n = 64;
   Tensor x = randn({n, 1, 16, 16}, rng, 0.0f, 0.3f);
@@ -114,8 +120,9 @@ TEST_CASE("eval-mode BN folding and fused epilogues give the unfused network's l
   Rng rng(4);
   for (const char* name : {"resnet20", "mobilenetv2"}) {
     CAPTURE(name);
-    auto spec = models::resolve_model_spec(name, name == std::string("mobilenetv2") ? nlohmann::json{{"width_mult", 0.25}}
-                                                                                     : nlohmann::json::object());
+    auto spec = models::resolve_model_spec(name, name == std::string("mobilenetv2")
+                                                     ? nlohmann::json{{"width_mult", 0.25}}
+                                                     : nlohmann::json::object());
     auto model = models::build_model(spec, rng);
     for (int i = 0; i < 2; ++i) model->forward(randn({8, 1, 32, 32}, rng));  // non-trivial running stats
     model->eval();

@@ -17,7 +17,7 @@ struct ConvCase {
 const std::vector<ConvCase> kCases = {
     {{2, 3, 7, 5}, {4, 3, 3, 3}, {1, 1, 1, 1, 1, 1, 1}, true},
     {{1, 4, 9, 9}, {6, 4, 3, 3}, {2, 2, 1, 1, 1, 1, 1}, false},
-    {{2, 4, 8, 7}, {4, 1, 3, 3}, {1, 1, 1, 1, 1, 1, 4}, true},   // depthwise
+    {{2, 4, 8, 7}, {4, 1, 3, 3}, {1, 1, 1, 1, 1, 1, 4}, true},     // depthwise
     {{1, 6, 11, 10}, {6, 2, 3, 3}, {1, 1, 2, 2, 2, 2, 3}, false},  // grouped + dilated
     {{2, 5, 6, 6}, {3, 5, 1, 1}, {2, 2, 0, 0, 1, 1, 1}, false},    // 1x1 stride-2 shortcut
     {{1, 1, 8, 8}, {16, 1, 3, 3}, {1, 1, 1, 1, 1, 1, 1}, false},   // 1-channel stem
@@ -37,8 +37,8 @@ TEST_CASE("conv2d fast path matches the reference loops (forward, backward data,
       Tensor y = ops::conv2d_forward(x, w, b, c.p);
       check_close(y, ops::ref::conv2d_forward(x, w, b, c.p), 1e-4, 1e-4, "forward");
       Tensor g = random_input(y.shape(), rng, fmt, false);
-      check_close(ops::conv2d_backward_data(g, w, c.x, c.p), ops::ref::conv2d_backward_data(g, w, c.x, c.p), 1e-4,
-                  1e-4, "backward data");
+      check_close(ops::conv2d_backward_data(g, w, c.x, c.p), ops::ref::conv2d_backward_data(g, w, c.x, c.p),
+                  1e-4, 1e-4, "backward data");
       Tensor gw, gb, rgw, rgb;
       ops::conv2d_backward_weights(g, x, c.w, c.bias, c.p, gw, gb);
       ops::ref::conv2d_backward_weights(g, x, c.w, c.bias, c.p, rgw, rgb);
@@ -56,8 +56,9 @@ TEST_CASE("conv2d gradients match finite differences on input, weight and bias")
     Tensor b = c.bias ? random_input({c.w[0]}, rng) : Tensor();
     std::vector<Tensor> in{x, w};
     if (c.bias) in.push_back(b);
-    check_gradients([&](const std::vector<Tensor>& t) { return ops::conv2d(t[0], t[1], c.bias ? t[2] : Tensor(), c.p); },
-                    in);
+    check_gradients(
+        [&](const std::vector<Tensor>& t) { return ops::conv2d(t[0], t[1], c.bias ? t[2] : Tensor(), c.p); },
+        in);
   }
 }
 
@@ -97,7 +98,8 @@ TEST_CASE("fused inference convolution equals conv + bias + residual add + ReLU"
         if (relu) ref = ops::ref::relu(ref);
         check_close(ops::conv2d_fused_inference(x, w, b, c.p, {residual, relu}), ref, 1e-4, 1e-4, "fused");
       }
-  CHECK_THROWS_AS(ops::conv2d_fused_inference(Tensor::zeros({1, 2, 4, 4}), Tensor::zeros({3, 2, 3, 3}), Tensor(),
-                                              ops::Conv2dParams::same(3), {Tensor::zeros({1, 3, 2, 2}), false}),
-                  Error);
+  CHECK_THROWS_AS(
+      ops::conv2d_fused_inference(Tensor::zeros({1, 2, 4, 4}), Tensor::zeros({3, 2, 3, 3}), Tensor(),
+                                  ops::Conv2dParams::same(3), {Tensor::zeros({1, 3, 2, 2}), false}),
+      Error);
 }

@@ -21,7 +21,8 @@ TEST_CASE("element-wise fast paths match the reference loops in both memory form
         check_close(ops::add(a, b), ops::ref::add(a, b), 0, 0, "add");
         check_close(ops::sub(a, b), ops::ref::sub(a, b), 0, 0, "sub");
         check_close(ops::mul(a, b), ops::ref::mul(a, b), 0, 0, "mul");
-        check_close(ops::affine_scalar(a, -1.5f, 0.25f), ops::ref::affine_scalar(a, -1.5f, 0.25f), 1e-6, 1e-7, "affine");
+        check_close(ops::affine_scalar(a, -1.5f, 0.25f), ops::ref::affine_scalar(a, -1.5f, 0.25f), 1e-6, 1e-7,
+                    "affine");
         check_close(ops::relu(a), ops::ref::relu(a), 0, 0, "relu");
         check_close(ops::leaky_relu(a, 0.2f), ops::ref::leaky_relu(a, 0.2f), 0, 0, "leaky_relu");
         check_close(ops::tanh(a), ops::ref::tanh(a), 1e-6, 1e-6, "tanh");
@@ -56,7 +57,7 @@ TEST_CASE("element-wise gradients match finite differences") {
 }
 
 TEST_CASE("binary ops name both shapes when they differ") {
-  CHECK_THROWS_WITH_AS(ops::add(Tensor::zeros({2, 3}), Tensor::zeros({3, 2})),
-                       doctest::Contains("[2, 3]"), Error);
+  CHECK_THROWS_WITH_AS(ops::add(Tensor::zeros({2, 3}), Tensor::zeros({3, 2})), doctest::Contains("[2, 3]"),
+                       Error);
   CHECK_THROWS_AS(ops::leaky_relu(Tensor::zeros({2}), -1.0f), Error);
 }

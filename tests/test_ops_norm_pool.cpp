@@ -447,7 +447,8 @@ TEST_CASE("batch_norm with fused ReLU equals batch_norm then relu, forward and b
         Tensor y_fused = ops::batch_norm(x, w, b, rm, rv, fused);
         Tensor y_plain = ops::relu(ops::batch_norm(x, w, b, rm2, rv2, plain));
         check_close(y_fused, y_plain, 1e-5, 1e-6, "forward");
-        check_close(y_fused, ops::ref::batch_norm(x, w, b, rm.clone(), rv.clone(), fused), 1e-4, 1e-5, "reference");
+        check_close(y_fused, ops::ref::batch_norm(x, w, b, rm.clone(), rv.clone(), fused), 1e-4, 1e-5,
+                    "reference");
         check_close(rm, rm2, 0, 0, "running mean");
         Tensor g = randn(shape, rng);
         y_fused.backward(g);
@@ -457,6 +458,7 @@ TEST_CASE("batch_norm with fused ReLU equals batch_norm then relu, forward and b
         check_close(gx, x.grad(), 1e-4, 1e-5, "dx");
         check_close(gw, w.grad(), 1e-4, 1e-5, "dgamma");
         check_close(gb, b.grad(), 1e-4, 1e-5, "dbeta");
-        // (No finite differences here: the ReLU kink sits inside every step; the composed ops are checked above.)
+        // (No finite differences here: the ReLU kink sits inside every step; the composed ops are checked
+        // above.)
       }
 }

@@ -48,7 +48,8 @@ std::string slurp(const fs::path& p) {
 
 Result run(const std::string& env, const std::string& args) {
   const auto out = work_dir() / "out.txt", err = work_dir() / "err.txt";
-  const std::string cmd = env + " " + kBinaryDir + "/zsq " + args + " >" + out.string() + " 2>" + err.string();
+  const std::string cmd =
+      env + " " + kBinaryDir + "/zsq " + args + " >" + out.string() + " 2>" + err.string();
   const int status = std::system(cmd.c_str());
   return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), slurp(out), slurp(err)};
 }
@@ -148,8 +149,10 @@ TEST_CASE("quantized checkpoints evaluate through zsq eval, and eval --report ad
     return;
   }
   const auto out = (work_dir() / "run_eval").string();
-  auto r = run("", fmt::format("quantize --teacher {} --method gaussian --wbits 8 --abits 8 --out {} --calib-images 64",
-                               small_teacher(), out));
+  auto r = run(
+      "",
+      fmt::format("quantize --teacher {} --method gaussian --wbits 8 --abits 8 --out {} --calib-images 64",
+                  small_teacher(), out));
   REQUIRE_MESSAGE(r.code == 0, r.err);
   r = run("", fmt::format("eval {}/student.safetensors --report {} --json", out, out));
   REQUIRE_MESSAGE(r.code == 0, r.err);
@@ -168,7 +171,8 @@ TEST_CASE("quantized checkpoints evaluate through zsq eval, and eval --report ad
 TEST_CASE("bad quantize flags are refused") {
   CHECK(run("", "quantize --teacher x --method nonsense --out y").code != 0);
   CHECK(run("", "quantize --teacher x --method gaussian --wbits 1 --out y").code != 0);
-  auto r = run("", "quantize --teacher /nonexistent.safetensors --method gaussian --out " + (work_dir() / "z").string());
+  auto r = run("", "quantize --teacher /nonexistent.safetensors --method gaussian --out " +
+                       (work_dir() / "z").string());
   CHECK(r.code == 1);
   CHECK(r.err.find("/nonexistent.safetensors") != std::string::npos);
 }

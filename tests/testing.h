@@ -32,7 +32,7 @@ inline void check_close(const Tensor& got, const Tensor& ref, double rtol = 1e-4
     }
   }
   CHECK_MESSAGE(worst_excess <= 0.0, what << ": mismatch at flat index " << worst << ": got " << g[worst]
-                                           << " ref " << r[worst] << " (" << got.str() << ")");
+                                          << " ref " << r[worst] << " (" << got.str() << ")");
 }
 
 // f maps the inputs to one output tensor (building an autograd graph). Checks d<f, u>/d input_i for

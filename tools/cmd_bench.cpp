@@ -38,7 +38,8 @@ void run_bench(const BenchOptions& o) {
   Tensor images = randn({o.batch, in_channels, 32, 32}, rng);
   Tensor labels = Tensor::empty({o.batch}, DType::s32);
   for (std::int64_t i = 0; i < o.batch; ++i)
-    labels.data<std::int32_t>()[i] = static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(classes)));
+    labels.data<std::int32_t>()[i] =
+        static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(classes)));
   Sgd sgd(model->parameters(), {.lr = 0.01f, .momentum = 0.9f, .weight_decay = 5e-4f, .nesterov = true});
   const bool train = o.mode == "train";
   model->train(train);
@@ -63,14 +64,20 @@ void run_bench(const BenchOptions& o) {
   const double med = median(seconds);
   const double img_per_s = static_cast<double>(o.batch) / med;
   if (o.json) {
-    nlohmann::json j{{"mode", o.mode},         {"model", o.model},          {"batch", o.batch},
-                     {"threads", omp_get_max_threads()}, {"steps", o.steps}, {"warmup", o.warmup},
-                     {"median_ms", med * 1e3}, {"img_per_s", img_per_s},
+    nlohmann::json j{{"mode", o.mode},
+                     {"model", o.model},
+                     {"batch", o.batch},
+                     {"threads", omp_get_max_threads()},
+                     {"steps", o.steps},
+                     {"warmup", o.warmup},
+                     {"median_ms", med * 1e3},
+                     {"img_per_s", img_per_s},
                      {"min_ms", *std::min_element(seconds.begin(), seconds.end()) * 1e3}};
     fmt::print("{}\n", j.dump());
   } else {
-    fmt::print("{} {} batch {} on {} threads: median {:.2f} ms/step, {:.0f} img/s ({} steps after {} warm-up)\n",
-               o.model, o.mode, o.batch, omp_get_max_threads(), med * 1e3, img_per_s, o.steps, o.warmup);
+    fmt::print(
+        "{} {} batch {} on {} threads: median {:.2f} ms/step, {:.0f} img/s ({} steps after {} warm-up)\n",
+        o.model, o.mode, o.batch, omp_get_max_threads(), med * 1e3, img_per_s, o.steps, o.warmup);
   }
 }
 }  // namespace

@@ -23,11 +23,14 @@ void add_eval_command(CLI::App& app) {
   auto* verb = app.add_subcommand("eval", "Test accuracy of a model file on Fashion-MNIST");
   verb->add_option("FILE", options->model, "Model file (.safetensors)")->required();
   verb->add_option("--data", options->data, "Fashion-MNIST directory (IDX .gz files)")->capture_default_str();
-  verb->add_option("--batch", options->batch, "Batch size")->check(CLI::PositiveNumber)->capture_default_str();
+  verb->add_option("--batch", options->batch, "Batch size")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   verb->add_flag("--json", options->json, "Print one JSON object instead of text");
-  verb->add_option("--report", options->report_dir,
-                   "A zsq quantize run directory: add FP vs quantized test accuracy (and per-layer activation "
-                   "SQNR on test images) to its report");
+  verb->add_option(
+      "--report", options->report_dir,
+      "A zsq quantize run directory: add FP vs quantized test accuracy (and per-layer activation "
+      "SQNR on test images) to its report");
   add_common_options(verb, options->common);
   verb->callback([options] {
     apply_common_options(options->common);
@@ -62,8 +65,8 @@ void add_eval_command(CLI::App& app) {
       report["layers_test"] = quant::analyze_layers(*student, *teacher.model, images);
       quant::write_report(options->report_dir, report);
       if (!options->json)
-        fmt::print("report {}/report.md: FP {:.2f}% vs quantized {:.2f}%\n", options->report_dir, 100.0 * fp.accuracy,
-                   100.0 * r.accuracy);
+        fmt::print("report {}/report.md: FP {:.2f}% vs quantized {:.2f}%\n", options->report_dir,
+                   100.0 * fp.accuracy, 100.0 * r.accuracy);
     }
     if (options->json) {
       nlohmann::json j{{"accuracy", r.accuracy},

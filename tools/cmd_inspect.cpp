@@ -17,7 +17,8 @@ void add_inspect_command(CLI::App& app) {
       auto it = ckpt.metadata.find(key);
       return it == ckpt.metadata.end() ? std::string("-") : it->second;
     };
-    fmt::print("file:         {}\narchitecture: {}\nconfig:       {}\n", *file, meta("zsq.arch"), meta("zsq.config"));
+    fmt::print("file:         {}\narchitecture: {}\nconfig:       {}\n", *file, meta("zsq.arch"),
+               meta("zsq.config"));
     for (const auto& [key, value] : ckpt.metadata)
       if (key != "zsq.arch" && key != "zsq.config") fmt::print("{:<13} {}\n", key + ":", value);
     std::int64_t total = 0;

@@ -109,8 +109,10 @@ void run_quantize(const QuantizeOptions& o) {
     std::ofstream f(std::filesystem::path(o.out) / "config.json");
     f << config.to_json().dump(2) << "\n";
   }
-  fmt::print("quantized {} with {} at W{}A{} ({} convention) -> {}\nreport: {}/report.md\nevaluate: zsq eval {} --report {}\n",
-             o.teacher, o.method, o.wbits, o.abits, config.convention, student_path, o.out, student_path, o.out);
+  fmt::print(
+      "quantized {} with {} at W{}A{} ({} convention) -> {}\nreport: {}/report.md\nevaluate: zsq eval {} "
+      "--report {}\n",
+      o.teacher, o.method, o.wbits, o.abits, config.convention, student_path, o.out, student_path, o.out);
 }
 }  // namespace
 
@@ -122,7 +124,9 @@ void add_quantize_command(CLI::App& app) {
       ->required()
       ->check(CLI::IsMember({"gaussian", "zeroq"}));
   verb->add_option("--wbits", o->wbits, "Weight bits (2-8)")->check(CLI::Range(2, 8))->capture_default_str();
-  verb->add_option("--abits", o->abits, "Activation bits (2-8)")->check(CLI::Range(2, 8))->capture_default_str();
+  verb->add_option("--abits", o->abits, "Activation bits (2-8)")
+      ->check(CLI::Range(2, 8))
+      ->capture_default_str();
   verb->add_option("--convention", o->convention, "paper or deploy (DESIGN.md §4)")
       ->check(CLI::IsMember({"paper", "deploy"}))
       ->capture_default_str();
@@ -132,9 +136,11 @@ void add_quantize_command(CLI::App& app) {
   verb->add_option("--calib-images", o->calib_images, "Synthetic calibration images")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  verb->add_option("--zeroq-iters", o->zeroq.iterations, "ZeroQ distillation iterations")->capture_default_str();
+  verb->add_option("--zeroq-iters", o->zeroq.iterations, "ZeroQ distillation iterations")
+      ->capture_default_str();
   verb->add_option("--zeroq-lr", o->zeroq.lr, "ZeroQ Adam learning rate")->capture_default_str();
-  verb->add_option("--zeroq-ce", o->zeroq.ce_weight, "ZeroQ cross-entropy weight towards random labels (0 = off)")
+  verb->add_option("--zeroq-ce", o->zeroq.ce_weight,
+                   "ZeroQ cross-entropy weight towards random labels (0 = off)")
       ->capture_default_str();
   add_common_options(verb, o->common);
   verb->callback([o] { run_quantize(*o); });

@@ -21,13 +21,15 @@ struct TrainOptions {
   CommonOptions common;
   std::string model = "resnet20", data, out;
   std::int64_t epochs = 15, batch = 128;
-  std::int64_t limit = 0;            // use only the first N training images (smoke tests)
+  std::int64_t limit = 0;             // use only the first N training images (smoke tests)
   std::int64_t stop_after_epoch = 0;  // exit after this epoch's state is written (simulates a kill)
   float lr = 0.1f, momentum = 0.9f, weight_decay = 5e-4f;
   bool resume = false, no_augment = false, no_test = false;
 };
 
-std::string state_path(const std::string& out) { return out + ".state"; }
+std::string state_path(const std::string& out) {
+  return out + ".state";
+}
 
 void run_train(const TrainOptions& o) {
   apply_common_options(o.common);
@@ -41,7 +43,8 @@ void run_train(const TrainOptions& o) {
   models::ModelSpec spec = models::resolve_model_spec(o.model);
   Rng init_rng = global_rng().fork(1);
   auto model = models::build_model(spec, init_rng);
-  SgdOptions sgd_options{.lr = o.lr, .momentum = o.momentum, .weight_decay = o.weight_decay, .nesterov = o.momentum > 0};
+  SgdOptions sgd_options{
+      .lr = o.lr, .momentum = o.momentum, .weight_decay = o.weight_decay, .nesterov = o.momentum > 0};
   Sgd sgd(model->parameters(), sgd_options);
   BatchLoader loader(train, o.batch, true, !o.no_augment, global_rng().fork(2), /*drop_last=*/false);
   const std::int64_t steps_per_epoch = loader.batches_per_epoch();
@@ -50,14 +53,14 @@ void run_train(const TrainOptions& o) {
   std::int64_t first_epoch = 0;
   if (o.resume) {
     const std::string path = state_path(o.out);
-    ZSQ_CHECK(std::filesystem::exists(path), "--resume: no training state at {} (it is written after each epoch)",
-              path);
+    ZSQ_CHECK(std::filesystem::exists(path),
+              "--resume: no training state at {} (it is written after each epoch)", path);
     const Checkpoint state = load_checkpoint(path);
     auto loaded = models::model_from_checkpoint(state);
-    ZSQ_CHECK(loaded.spec.name == spec.name, "{}: state is for model {}, --model is {}", path, loaded.spec.name,
-              spec.name);
-    ZSQ_CHECK(state.metadata.count("zsq.train.seed") && state.metadata.at("zsq.train.seed") ==
-                                                          std::to_string(o.common.seed),
+    ZSQ_CHECK(loaded.spec.name == spec.name, "{}: state is for model {}, --model is {}", path,
+              loaded.spec.name, spec.name);
+    ZSQ_CHECK(state.metadata.count("zsq.train.seed") &&
+                  state.metadata.at("zsq.train.seed") == std::to_string(o.common.seed),
               "{}: state was written with a different --seed; resume with the same seed", path);
     model->load_state(loaded.model->named_state(), path);
     std::vector<std::pair<std::string, Tensor>> optim_state;
@@ -84,8 +87,8 @@ void run_train(const TrainOptions& o) {
       Tensor logits = model->forward(images);
       Tensor loss = ops::cross_entropy(logits, labels);
       const float loss_value = loss.item();
-      ZSQ_CHECK(std::isfinite(loss_value), "training loss became {} at epoch {} step {}; try a lower --lr", loss_value,
-                epoch + 1, step);
+      ZSQ_CHECK(std::isfinite(loss_value), "training loss became {} at epoch {} step {}; try a lower --lr",
+                loss_value, epoch + 1, step);
       sgd.zero_grad();
       loss.backward();
       sgd.step();
@@ -102,13 +105,12 @@ void run_train(const TrainOptions& o) {
       last_test = evaluate(*model, test, 500).accuracy;
       test_text = fmt::format(" test acc {:.2f}%", 100.0 * last_test);
     }
-    fmt::print(stderr, "epoch {}/{}: train loss {:.4f} train acc {:.2f}%{}\n", epoch + 1, o.epochs, loss_sum / seen,
-               100.0 * correct / seen, test_text);
-    Checkpoint state(model->named_state(),
-                     {{"zsq.arch", spec.name},
-                      {"zsq.config", spec.config.dump()},
-                      {"zsq.train.epochs_done", std::to_string(epoch + 1)},
-                      {"zsq.train.seed", std::to_string(o.common.seed)}});
+    fmt::print(stderr, "epoch {}/{}: train loss {:.4f} train acc {:.2f}%{}\n", epoch + 1, o.epochs,
+               loss_sum / seen, 100.0 * correct / seen, test_text);
+    Checkpoint state(model->named_state(), {{"zsq.arch", spec.name},
+                                            {"zsq.config", spec.config.dump()},
+                                            {"zsq.train.epochs_done", std::to_string(epoch + 1)},
+                                            {"zsq.train.seed", std::to_string(o.common.seed)}});
     for (auto& [name, t] : sgd.state()) state.add("optim." + name, t);
     save_checkpoint(state_path(o.out), state);
     if (o.stop_after_epoch == epoch + 1 && epoch + 1 < o.epochs) {
@@ -126,7 +128,8 @@ void run_train(const TrainOptions& o) {
   if (!o.no_test) meta["zsq.test_accuracy"] = fmt::format("{:.4f}", last_test);
   models::save_model(o.out, spec, *model, meta);
   std::filesystem::remove(state_path(o.out));
-  fmt::print("saved {}{}\n", o.out, o.no_test ? "" : fmt::format(" (test accuracy {:.2f}%)", 100.0 * last_test));
+  fmt::print("saved {}{}\n", o.out,
+             o.no_test ? "" : fmt::format(" (test accuracy {:.2f}%)", 100.0 * last_test));
 }
 }  // namespace
 
@@ -149,7 +152,8 @@ void add_train_command(CLI::App& app) {
   verb->add_flag("--no-augment", o->no_augment, "Disable random crop and flip");
   verb->add_flag("--no-test", o->no_test, "Skip the per-epoch test-set evaluation");
   verb->add_option("--limit", o->limit, "Train on the first N images only (smoke tests)");
-  verb->add_option("--stop-after-epoch", o->stop_after_epoch, "Exit after epoch K's state is written (tests resume)");
+  verb->add_option("--stop-after-epoch", o->stop_after_epoch,
+                   "Exit after epoch K's state is written (tests resume)");
   add_common_options(verb, o->common);
   verb->callback([o] { run_train(*o); });
 }

@@ -48,7 +48,8 @@ dnnl::batch_normalization_forward::primitive_desc& forward_pd(const BnDescs& d, 
   return cpu::dnnl_cached<dnnl::batch_normalization_forward::primitive_desc>(
       (training ? "bn_fwd_train:" : "bn_fwd_infer:") + d.key, [&] {
         const auto prop = training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
-        dnnl::batch_normalization_forward::desc desc(prop, d.data, eps, bn_flags(use_global_stats, d.fuse_relu));
+        dnnl::batch_normalization_forward::desc desc(prop, d.data, eps,
+                                                     bn_flags(use_global_stats, d.fuse_relu));
         return dnnl::batch_normalization_forward::primitive_desc(desc, cpu::dnnl_engine());
       });
 }
@@ -137,7 +138,8 @@ Tensor scale_by_channel(const Tensor& grad_out, const Tensor& weight, const Tens
 
 void batch_norm_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight, const Tensor& mean,
                          const Tensor& var, bool use_global_stats, bool with_weight_grads, float eps,
-                         Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias, const Tensor& relu_workspace) {
+                         Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias,
+                         const Tensor& relu_workspace) {
   const bool fuse_relu = relu_workspace.defined();
   if (use_global_stats && !with_weight_grads && !fuse_relu) {
     grad_x = scale_by_channel(grad_out, weight, var, eps);
@@ -159,16 +161,18 @@ void batch_norm_backward(const Tensor& grad_out, const Tensor& x, const Tensor& 
   grad_bias = Tensor::empty({d.C});
   Param scale(weight, d.C, 1.0f), shift(Tensor(), d.C, 0.0f);
   auto& eng = cpu::dnnl_engine();
-  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, memory(d.data, eng, x.raw_data())},
-                {DNNL_ARG_DIFF_DST, memory(d.data, eng, grad_out.raw_data())},
-                {DNNL_ARG_SCALE, memory(pd.weights_desc(), eng, scale.ptr)},
-                {DNNL_ARG_SHIFT, memory(pd.weights_desc(), eng, shift.ptr)},
-                {DNNL_ARG_MEAN, memory(pd.mean_desc(), eng, mean.raw_data())},
-                {DNNL_ARG_VARIANCE, memory(pd.variance_desc(), eng, var.raw_data())},
-                {DNNL_ARG_DIFF_SRC, memory(d.data, eng, grad_x.raw_data())},
-                {DNNL_ARG_DIFF_SCALE, memory(pd.diff_weights_desc(), eng, grad_weight.raw_data())},
-                {DNNL_ARG_DIFF_SHIFT, memory(pd.diff_weights_desc(), eng, grad_bias.raw_data())}};
-  if (fuse_relu) args.emplace(DNNL_ARG_WORKSPACE, memory(pd.workspace_desc(), eng, relu_workspace.raw_data()));
+  std::unordered_map<int, memory> args{
+      {DNNL_ARG_SRC, memory(d.data, eng, x.raw_data())},
+      {DNNL_ARG_DIFF_DST, memory(d.data, eng, grad_out.raw_data())},
+      {DNNL_ARG_SCALE, memory(pd.weights_desc(), eng, scale.ptr)},
+      {DNNL_ARG_SHIFT, memory(pd.weights_desc(), eng, shift.ptr)},
+      {DNNL_ARG_MEAN, memory(pd.mean_desc(), eng, mean.raw_data())},
+      {DNNL_ARG_VARIANCE, memory(pd.variance_desc(), eng, var.raw_data())},
+      {DNNL_ARG_DIFF_SRC, memory(d.data, eng, grad_x.raw_data())},
+      {DNNL_ARG_DIFF_SCALE, memory(pd.diff_weights_desc(), eng, grad_weight.raw_data())},
+      {DNNL_ARG_DIFF_SHIFT, memory(pd.diff_weights_desc(), eng, grad_bias.raw_data())}};
+  if (fuse_relu)
+    args.emplace(DNNL_ARG_WORKSPACE, memory(pd.workspace_desc(), eng, relu_workspace.raw_data()));
   prim.execute(cpu::dnnl_stream(), args);
   cpu::dnnl_stream().wait();
 }

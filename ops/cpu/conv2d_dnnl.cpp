@@ -69,12 +69,13 @@ dnnl::convolution_forward::primitive_desc& forward_pd(const ConvDescs& d, bool t
       (training ? "conv_fwd_train:" : "conv_fwd_infer:") + d.key + epilogue_key(epilogue), [&] {
         const auto prop = training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
         auto desc = d.bias ? dnnl::convolution_forward::desc(prop, dnnl::algorithm::convolution_direct, d.src,
-                                                             d.weights_any, d.bias, d.dst, d.strides, d.dilates,
-                                                             d.pad_l, d.pad_r)
+                                                             d.weights_any, d.bias, d.dst, d.strides,
+                                                             d.dilates, d.pad_l, d.pad_r)
                            : dnnl::convolution_forward::desc(prop, dnnl::algorithm::convolution_direct, d.src,
-                                                             d.weights_any, d.dst, d.strides, d.dilates, d.pad_l,
-                                                             d.pad_r);
-        return dnnl::convolution_forward::primitive_desc(desc, epilogue_attr(d, epilogue), cpu::dnnl_engine());
+                                                             d.weights_any, d.dst, d.strides, d.dilates,
+                                                             d.pad_l, d.pad_r);
+        return dnnl::convolution_forward::primitive_desc(desc, epilogue_attr(d, epilogue),
+                                                         cpu::dnnl_engine());
       });
 }
 
@@ -87,8 +88,8 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
   auto& prim = cpu::dnnl_cached<dnnl::convolution_forward>(
       (training ? "conv_fwd_train_prim:" : "conv_fwd_infer_prim:") + d.key + epilogue_key(epilogue),
       [&] { return dnnl::convolution_forward(pd); });
-  Tensor out = Tensor::empty(
-      {x.size(0), weight.size(0), d.dst.dims()[2], d.dst.dims()[3]}, DType::f32, MemoryFormat::channels_last);
+  Tensor out = Tensor::empty({x.size(0), weight.size(0), d.dst.dims()[2], d.dst.dims()[3]}, DType::f32,
+                             MemoryFormat::channels_last);
   auto src = cpu::ReorderedMemory::input(pd.src_desc(), cpu::activation_desc(x), x.raw_data());
   auto wts = cpu::ReorderedMemory::input(pd.weights_desc(), d.weights_user, weight.raw_data());
   memory dst(pd.dst_desc(), cpu::dnnl_engine(), out.raw_data());
@@ -112,42 +113,46 @@ Tensor conv2d_backward_data(const Tensor& grad_out, const Tensor& weight, const 
                             const Conv2dParams& p) {
   const ConvDescs d = describe(x_shape, weight.shape(), false, p);
   auto& pd = cpu::dnnl_cached<dnnl::convolution_backward_data::primitive_desc>("conv_bwd_data:" + d.key, [&] {
-    dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct, d.src, d.weights_any, d.dst,
-                                               d.strides, d.dilates, d.pad_l, d.pad_r);
+    dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct, d.src, d.weights_any,
+                                               d.dst, d.strides, d.dilates, d.pad_l, d.pad_r);
     return dnnl::convolution_backward_data::primitive_desc(desc, cpu::dnnl_engine(), forward_pd(d, true));
   });
   auto& prim = cpu::dnnl_cached<dnnl::convolution_backward_data>(
       "conv_bwd_data_prim:" + d.key, [&] { return dnnl::convolution_backward_data(pd); });
   Tensor grad_x = Tensor::empty(x_shape, DType::f32, MemoryFormat::channels_last);
-  auto diff_dst = cpu::ReorderedMemory::input(pd.diff_dst_desc(), cpu::activation_desc(grad_out), grad_out.raw_data());
+  auto diff_dst =
+      cpu::ReorderedMemory::input(pd.diff_dst_desc(), cpu::activation_desc(grad_out), grad_out.raw_data());
   auto wts = cpu::ReorderedMemory::input(pd.weights_desc(), d.weights_user, weight.raw_data());
   memory diff_src(pd.diff_src_desc(), cpu::dnnl_engine(), grad_x.raw_data());
-  prim.execute(cpu::dnnl_stream(),
-               {{DNNL_ARG_DIFF_DST, diff_dst.memory()}, {DNNL_ARG_WEIGHTS, wts.memory()}, {DNNL_ARG_DIFF_SRC, diff_src}});
+  prim.execute(cpu::dnnl_stream(), {{DNNL_ARG_DIFF_DST, diff_dst.memory()},
+                                    {DNNL_ARG_WEIGHTS, wts.memory()},
+                                    {DNNL_ARG_DIFF_SRC, diff_src}});
   cpu::dnnl_stream().wait();
   return grad_x;
 }
 
-void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape, bool with_bias,
-                             const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias) {
+void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape,
+                             bool with_bias, const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias) {
   const ConvDescs d = describe(x.shape(), weight_shape, with_bias, p);
   auto& pd = cpu::dnnl_cached<dnnl::convolution_backward_weights::primitive_desc>("conv_bwd_w:" + d.key, [&] {
-    auto desc = with_bias ? dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, d.src,
-                                                                     d.weights_any, d.bias, d.dst, d.strides,
-                                                                     d.dilates, d.pad_l, d.pad_r)
-                          : dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, d.src,
-                                                                     d.weights_any, d.dst, d.strides, d.dilates,
-                                                                     d.pad_l, d.pad_r);
+    auto desc = with_bias ? dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct,
+                                                                     d.src, d.weights_any, d.bias, d.dst,
+                                                                     d.strides, d.dilates, d.pad_l, d.pad_r)
+                          : dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct,
+                                                                     d.src, d.weights_any, d.dst, d.strides,
+                                                                     d.dilates, d.pad_l, d.pad_r);
     return dnnl::convolution_backward_weights::primitive_desc(desc, cpu::dnnl_engine(), forward_pd(d, true));
   });
   auto& prim = cpu::dnnl_cached<dnnl::convolution_backward_weights>(
       "conv_bwd_w_prim:" + d.key, [&] { return dnnl::convolution_backward_weights(pd); });
   grad_weight = Tensor::empty(weight_shape);
   auto src = cpu::ReorderedMemory::input(pd.src_desc(), cpu::activation_desc(x), x.raw_data());
-  auto diff_dst = cpu::ReorderedMemory::input(pd.diff_dst_desc(), cpu::activation_desc(grad_out), grad_out.raw_data());
+  auto diff_dst =
+      cpu::ReorderedMemory::input(pd.diff_dst_desc(), cpu::activation_desc(grad_out), grad_out.raw_data());
   auto diff_w = cpu::ReorderedMemory::output(pd.diff_weights_desc(), d.weights_user, grad_weight.raw_data());
-  std::unordered_map<int, memory> args{
-      {DNNL_ARG_SRC, src.memory()}, {DNNL_ARG_DIFF_DST, diff_dst.memory()}, {DNNL_ARG_DIFF_WEIGHTS, diff_w.memory()}};
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src.memory()},
+                                       {DNNL_ARG_DIFF_DST, diff_dst.memory()},
+                                       {DNNL_ARG_DIFF_WEIGHTS, diff_w.memory()}};
   if (with_bias) {
     grad_bias = Tensor::empty({weight_shape[0]});
     args.emplace(DNNL_ARG_DIFF_BIAS, memory(d.bias, cpu::dnnl_engine(), grad_bias.raw_data()));

@@ -12,7 +12,9 @@ dnnl::stream& dnnl_stream() {
   return stream;
 }
 
-dnnl::memory::dims to_dims(const Shape& shape) { return dnnl::memory::dims(shape.begin(), shape.end()); }
+dnnl::memory::dims to_dims(const Shape& shape) {
+  return dnnl::memory::dims(shape.begin(), shape.end());
+}
 
 dnnl::memory::desc activation_desc(const Shape& shape, MemoryFormat format) {
   ZSQ_CHECK(shape.size() == 4, "activation_desc: 4-D shape expected, got {}", shape_str(shape));
@@ -21,7 +23,9 @@ dnnl::memory::desc activation_desc(const Shape& shape, MemoryFormat format) {
                                                 : dnnl::memory::format_tag::nchw};
 }
 
-dnnl::memory::desc activation_desc(const Tensor& t) { return activation_desc(t.shape(), t.format()); }
+dnnl::memory::desc activation_desc(const Tensor& t) {
+  return activation_desc(t.shape(), t.format());
+}
 
 namespace {
 dnnl::reorder& cached_reorder(const dnnl::memory::desc& from, const dnnl::memory::desc& to) {
@@ -64,7 +68,8 @@ ReorderedMemory ReorderedMemory::output(const dnnl::memory::desc& want, const dn
 }
 
 void ReorderedMemory::finish() {
-  if (reordered_) cached_reorder(primitive_.get_desc(), user_.get_desc()).execute(dnnl_stream(), primitive_, user_);
+  if (reordered_)
+    cached_reorder(primitive_.get_desc(), user_.get_desc()).execute(dnnl_stream(), primitive_, user_);
 }
 
 }  // namespace zsq::ops::cpu

@@ -15,8 +15,8 @@ void parallel_map1(const float* __restrict a, float* __restrict out, std::int64_
 }
 
 template <typename F>
-void parallel_map2(const float* __restrict a, const float* __restrict b, float* __restrict out, std::int64_t n,
-                   F f) {
+void parallel_map2(const float* __restrict a, const float* __restrict b, float* __restrict out,
+                   std::int64_t n, F f) {
 #pragma omp parallel for simd schedule(static) if (n > kParallelThreshold)
   for (std::int64_t i = 0; i < n; ++i) out[i] = f(a[i], b[i]);
 }

@@ -39,11 +39,12 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
   auto xv = x.to_vector();
   auto wv = weight.to_vector();
   std::vector<double> acc(static_cast<std::size_t>(g.N * g.O * g.OH * g.OW), 0.0);
-  for_each_tap(g, p, [&](auto n, auto o, auto oh, auto ow, auto c, auto cg, auto kh, auto kw, auto ih, auto iw) {
-    acc[((n * g.O + o) * g.OH + oh) * g.OW + ow] +=
-        static_cast<double>(xv[((n * g.C + c) * g.H + ih) * g.W + iw]) *
-        wv[((o * g.CG + cg) * g.KH + kh) * g.KW + kw];
-  });
+  for_each_tap(g, p,
+               [&](auto n, auto o, auto oh, auto ow, auto c, auto cg, auto kh, auto kw, auto ih, auto iw) {
+                 acc[((n * g.O + o) * g.OH + oh) * g.OW + ow] +=
+                     static_cast<double>(xv[((n * g.C + c) * g.H + ih) * g.W + iw]) *
+                     wv[((o * g.CG + cg) * g.KH + kh) * g.KW + kw];
+               });
   std::vector<float> out(acc.size());
   auto bv = bias.defined() ? bias.to_vector() : std::vector<float>(static_cast<std::size_t>(g.O), 0.0f);
   for (std::size_t i = 0; i < acc.size(); ++i)
@@ -57,23 +58,27 @@ Tensor conv2d_backward_data(const Tensor& grad_out, const Tensor& weight, const 
   auto gv = grad_out.to_vector();
   auto wv = weight.to_vector();
   std::vector<double> acc(static_cast<std::size_t>(shape_numel(x_shape)), 0.0);
-  for_each_tap(g, p, [&](auto n, auto o, auto oh, auto ow, auto c, auto cg, auto kh, auto kw, auto ih, auto iw) {
-    acc[((n * g.C + c) * g.H + ih) * g.W + iw] += static_cast<double>(gv[((n * g.O + o) * g.OH + oh) * g.OW + ow]) *
-                                                  wv[((o * g.CG + cg) * g.KH + kh) * g.KW + kw];
-  });
+  for_each_tap(g, p,
+               [&](auto n, auto o, auto oh, auto ow, auto c, auto cg, auto kh, auto kw, auto ih, auto iw) {
+                 acc[((n * g.C + c) * g.H + ih) * g.W + iw] +=
+                     static_cast<double>(gv[((n * g.O + o) * g.OH + oh) * g.OW + ow]) *
+                     wv[((o * g.CG + cg) * g.KH + kh) * g.KW + kw];
+               });
   return Tensor::from_vector(x_shape, std::vector<float>(acc.begin(), acc.end()));
 }
 
-void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape, bool with_bias,
-                             const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias) {
+void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape,
+                             bool with_bias, const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias) {
   const auto g = geometry(x.shape(), weight_shape, p);
   auto gv = grad_out.to_vector();
   auto xv = x.to_vector();
   std::vector<double> acc(static_cast<std::size_t>(shape_numel(weight_shape)), 0.0);
-  for_each_tap(g, p, [&](auto n, auto o, auto oh, auto ow, auto c, auto cg, auto kh, auto kw, auto ih, auto iw) {
-    acc[((o * g.CG + cg) * g.KH + kh) * g.KW + kw] +=
-        static_cast<double>(gv[((n * g.O + o) * g.OH + oh) * g.OW + ow]) * xv[((n * g.C + c) * g.H + ih) * g.W + iw];
-  });
+  for_each_tap(g, p,
+               [&](auto n, auto o, auto oh, auto ow, auto c, auto cg, auto kh, auto kw, auto ih, auto iw) {
+                 acc[((o * g.CG + cg) * g.KH + kh) * g.KW + kw] +=
+                     static_cast<double>(gv[((n * g.O + o) * g.OH + oh) * g.OW + ow]) *
+                     xv[((n * g.C + c) * g.H + ih) * g.W + iw];
+               });
   grad_weight = Tensor::from_vector(weight_shape, std::vector<float>(acc.begin(), acc.end()));
   if (with_bias) {
     std::vector<double> b(static_cast<std::size_t>(g.O), 0.0);

@@ -21,17 +21,29 @@ Tensor binary(const Tensor& a, const Tensor& b, F f) {
 }
 }  // namespace
 
-Tensor add(const Tensor& a, const Tensor& b) { return binary(a, b, [](float x, float y) { return x + y; }); }
-Tensor sub(const Tensor& a, const Tensor& b) { return binary(a, b, [](float x, float y) { return x - y; }); }
-Tensor mul(const Tensor& a, const Tensor& b) { return binary(a, b, [](float x, float y) { return x * y; }); }
+Tensor add(const Tensor& a, const Tensor& b) {
+  return binary(a, b, [](float x, float y) { return x + y; });
+}
+Tensor sub(const Tensor& a, const Tensor& b) {
+  return binary(a, b, [](float x, float y) { return x - y; });
+}
+Tensor mul(const Tensor& a, const Tensor& b) {
+  return binary(a, b, [](float x, float y) { return x * y; });
+}
 Tensor affine_scalar(const Tensor& a, float scale, float shift) {
   return unary(a, [=](float x) { return x * scale + shift; });
 }
-Tensor relu(const Tensor& x) { return unary(x, [](float v) { return v > 0.0f ? v : 0.0f; }); }
+Tensor relu(const Tensor& x) {
+  return unary(x, [](float v) { return v > 0.0f ? v : 0.0f; });
+}
 Tensor leaky_relu(const Tensor& x, float slope) {
   return unary(x, [=](float v) { return v > 0.0f ? v : v * slope; });
 }
-Tensor tanh(const Tensor& x) { return unary(x, [](float v) { return std::tanh(v); }); }
-Tensor sqrt(const Tensor& x) { return unary(x, [](float v) { return std::sqrt(v); }); }
+Tensor tanh(const Tensor& x) {
+  return unary(x, [](float v) { return std::tanh(v); });
+}
+Tensor sqrt(const Tensor& x) {
+  return unary(x, [](float v) { return std::sqrt(v); });
+}
 
 }  // namespace zsq::ops::ref

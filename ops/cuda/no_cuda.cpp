@@ -10,9 +10,17 @@ namespace {
 }
 }  // namespace
 
-int device_count() { return 0; }
-void* alloc(std::size_t, int) { built_without_cuda(); }
-void free(void*, int) { built_without_cuda(); }
-void copy(void*, bool, const void*, bool, std::size_t) { built_without_cuda(); }
+int device_count() {
+  return 0;
+}
+void* alloc(std::size_t, int) {
+  built_without_cuda();
+}
+void free(void*, int) {
+  built_without_cuda();
+}
+void copy(void*, bool, const void*, bool, std::size_t) {
+  built_without_cuda();
+}
 
 }  // namespace zsq::cuda
