@@ -50,10 +50,10 @@ ConvDescs describe(const Shape& x, const Shape& w, bool with_bias, const Conv2dP
 
 // Post-ops for the inference epilogue: binary add of the residual (read straight from its buffer, no
 // copy into dst), then ReLU.
-dnnl::primitive_attr epilogue_attr(const ConvDescs& d, const ConvEpilogue& e) {
+dnnl::primitive_attr epilogue_attr(const ConvEpilogue& e) {
   dnnl::primitive_attr attr;
   dnnl::post_ops ops;
-  if (e.residual.defined()) ops.append_binary(dnnl::algorithm::binary_add, d.dst);
+  if (e.residual.defined()) ops.append_sum(1.0f);
   if (e.relu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
   attr.set_post_ops(ops);
   return attr;
@@ -74,7 +74,7 @@ dnnl::convolution_forward::primitive_desc& forward_pd(const ConvDescs& d, bool t
                            : dnnl::convolution_forward::desc(prop, dnnl::algorithm::convolution_direct, d.src,
                                                              d.weights_any, d.dst, d.strides, d.dilates,
                                                              d.pad_l, d.pad_r);
-        return dnnl::convolution_forward::primitive_desc(desc, epilogue_attr(d, epilogue),
+        return dnnl::convolution_forward::primitive_desc(desc, epilogue_attr(epilogue),
                                                          cpu::dnnl_engine());
       });
 }
@@ -96,12 +96,7 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
   std::unordered_map<int, memory> args{
       {DNNL_ARG_SRC, src.memory()}, {DNNL_ARG_WEIGHTS, wts.memory()}, {DNNL_ARG_DST, dst}};
   if (bias.defined()) args.emplace(DNNL_ARG_BIAS, memory(d.bias, cpu::dnnl_engine(), bias.raw_data()));
-  Tensor residual;
-  if (epilogue.residual.defined()) {
-    residual = epilogue.residual.to_format(MemoryFormat::channels_last);
-    args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1,
-                 memory(d.dst, cpu::dnnl_engine(), residual.raw_data()));
-  }
+  if (epilogue.residual.defined()) out.copy_from(epilogue.residual);  // the sum post-op accumulates into dst
   if (std::getenv("ZSQ_VERBOSE_DNNL") != nullptr)
     fmt::print(stderr, "conv {} {}: {}\n", d.key, epilogue_key(epilogue), pd.impl_info_str());
   prim.execute(cpu::dnnl_stream(), args);
