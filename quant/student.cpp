@@ -108,6 +108,16 @@ void Student::unfreeze_ranges() {
   for (auto& s : activations_) s.observer->unfreeze();
 }
 
+void Student::prepare_for_training() {
+  model_->train();
+  model_->set_requires_grad(true);
+  if (config_.bn_mode == BnMode::train) return;
+  for (auto* bn : model_->batch_norms()) {
+    bn->eval();
+    if (config_.bn_mode == BnMode::frozen) bn->set_requires_grad(false);
+  }
+}
+
 std::vector<const ActivationSite*> Student::used_activation_sites() const {
   std::vector<const ActivationSite*> out;
   for (const auto& s : activations_)

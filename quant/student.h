@@ -50,6 +50,10 @@ class Student {
   void set_phase(Phase phase) { phase_ = phase; }
   void freeze_ranges();
   void unfreeze_ranges();
+  // Puts the student in training mode for fine-tuning with BN as the config asks: `train` (batch
+  // statistics, running stats updated), `eval` (running statistics, BN affine still trainable) or
+  // `frozen` (running statistics and BN parameters fixed).
+  void prepare_for_training();
 
   std::vector<ActivationSite>& activation_sites() { return activations_; }
   std::vector<WeightSite>& weight_sites() { return weights_; }

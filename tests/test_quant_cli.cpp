@@ -142,6 +142,21 @@ TEST_CASE("a quantized student saves, reloads and evaluates to identical logits"
   CHECK(quant::sqnr_db(loaded.model->forward(x), a) < 60.0);
 }
 
+TEST_CASE("the student puts BN in the mode the config asks for fine-tuning") {
+  auto loaded = models::load_model(small_teacher());
+  for (auto mode : {quant::BnMode::train, quant::BnMode::eval, quant::BnMode::frozen}) {
+    auto config = quant::QConfig::paper(4, 4);
+    config.bn_mode = mode;
+    quant::Student student(loaded.spec, *loaded.model, config);
+    student.prepare_for_training();
+    auto* bn = student.model().batch_norms().front();
+    CHECK(student.model().is_training());
+    CHECK(bn->is_training() == (mode == quant::BnMode::train));
+    CHECK(bn->weight.requires_grad() == (mode != quant::BnMode::frozen));
+    CHECK(student.weight_sites().front().weight.requires_grad());
+  }
+}
+
 TEST_CASE("quantized checkpoints evaluate through zsq eval, and eval --report adds accuracy rows") {
   const char* data = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";
   if (!fs::exists(data)) {
