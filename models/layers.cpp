@@ -23,11 +23,13 @@ Tensor Conv2d::forward(const Tensor& x) {
   return ops::conv2d(x, effective_weight(), bias, params_);
 }
 
-BatchNorm2d::BatchNorm2d(std::int64_t channels, float momentum, float eps) {
+BatchNorm2d::BatchNorm2d(std::int64_t channels, float momentum, float eps, bool affine) {
   options_.momentum = momentum;
   options_.eps = eps;
-  weight = register_parameter("weight", Tensor::full({channels}, 1.0f));
-  bias = register_parameter("bias", Tensor::zeros({channels}));
+  if (affine) {
+    weight = register_parameter("weight", Tensor::full({channels}, 1.0f));
+    bias = register_parameter("bias", Tensor::zeros({channels}));
+  }
   running_mean = register_buffer("running_mean", Tensor::zeros({channels}));
   running_var = register_buffer("running_var", Tensor::full({channels}, 1.0f));
 }
@@ -68,7 +70,7 @@ Tensor ConvBnAct::forward(const Tensor& x) {
 }
 
 bool ConvBnAct::can_fold(const Tensor& x) const {
-  return !bn->is_training() && !bn->input_tap &&
+  return !bn->is_training() && !bn->input_tap && bn->weight.defined() && bn->bias.defined() &&
          !any_requires_grad({&x, &conv->weight, &conv->bias, &bn->weight, &bn->bias});
 }
 

@@ -34,11 +34,12 @@ class Conv2d : public Module {
 
 class BatchNorm2d : public Module {
  public:
-  explicit BatchNorm2d(std::int64_t channels, float momentum = 0.1f, float eps = 1e-5f);
+  // affine = false: no gamma/beta (a pure standardization, as a generator's output BN).
+  explicit BatchNorm2d(std::int64_t channels, float momentum = 0.1f, float eps = 1e-5f, bool affine = true);
   Tensor forward(const Tensor& x) override;
   // relu(bn(x)) in one kernel when fuse_relu.
   Tensor forward(const Tensor& x, bool fuse_relu);
-  std::int64_t channels() const { return weight.size(0); }
+  std::int64_t channels() const { return running_mean.size(0); }
   float eps() const { return options_.eps; }
   Tensor weight, bias, running_mean, running_var;
   // Called with every input this layer sees (the BN-statistics losses of the zero-shot methods read

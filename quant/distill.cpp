@@ -7,6 +7,7 @@
 #include "ops/elementwise.h"
 #include "ops/loss.h"
 #include "ops/reduce.h"
+#include "quant/losses.h"
 
 namespace zsq::quant {
 
@@ -14,36 +15,10 @@ Tensor gaussian_inputs(std::int64_t n, std::int64_t channels, std::int64_t size,
   return randn({n, channels, size, size}, rng);
 }
 
-namespace {
-// ||a - b||_2 as a differentiable scalar.
-Tensor l2_distance(const Tensor& a, const Tensor& b) {
-  Tensor d = ops::sub(a, b);
-  return ops::affine_scalar(ops::sum(ops::mul(d, d)), 1.0f, 1e-12f);
-}
-}  // namespace
-
 Tensor bn_statistics_loss(models::Classifier& teacher, const Tensor& images, Tensor* logits_out) {
-  std::vector<Tensor> inputs;
-  auto bns = teacher.batch_norms();
-  for (auto* bn : bns) bn->input_tap = [&inputs](const Tensor& x) { inputs.push_back(x); };
-  Tensor logits = teacher.forward(images);
-  for (auto* bn : bns) bn->input_tap = nullptr;
-  ZSQ_CHECK(inputs.size() == bns.size(), "bn_statistics_loss: saw {} BN inputs for {} BN layers",
-            inputs.size(), bns.size());
-  Tensor total;
-  for (std::size_t i = 0; i < bns.size(); ++i) {
-    const Tensor& x = inputs[i];
-    Tensor mean = ops::mean(x, {0, 2, 3});
-    Tensor stddev = ops::sqrt(ops::affine_scalar(ops::variance(x, {0, 2, 3}), 1.0f, bns[i]->eps()));
-    Tensor running_std = Tensor::empty({bns[i]->channels()});
-    for (std::int64_t c = 0; c < bns[i]->channels(); ++c)
-      running_std.f32()[c] = std::sqrt(bns[i]->running_var.f32()[c] + bns[i]->eps());
-    Tensor term = ops::add(ops::sqrt(l2_distance(mean, bns[i]->running_mean)),
-                           ops::sqrt(l2_distance(stddev, running_std)));
-    total = total.defined() ? ops::add(total, term) : term;
-  }
-  if (logits_out != nullptr) *logits_out = logits;
-  return total;
+  TeacherPass pass = run_with_bn_inputs(teacher, images);
+  if (logits_out != nullptr) *logits_out = pass.logits;
+  return bns_loss_zeroq(pass.bn_inputs, teacher.batch_norms());
 }
 
 Tensor zeroq_distill(models::Classifier& teacher, const ZeroQOptions& o, Rng& rng,

@@ -1,0 +1,88 @@
+#include "quant/losses.h"
+
+#include <cmath>
+
+#include "ops/elementwise.h"
+#include "ops/loss.h"
+#include "ops/reduce.h"
+
+namespace zsq::quant {
+
+TeacherPass run_with_bn_inputs(models::Classifier& teacher, const Tensor& images) {
+  TeacherPass pass;
+  auto bns = teacher.batch_norms();
+  for (auto* bn : bns) bn->input_tap = [&pass](const Tensor& x) { pass.bn_inputs.push_back(x); };
+  try {
+    pass.logits = teacher.forward(images);
+  } catch (...) {
+    for (auto* bn : bns) bn->input_tap = nullptr;
+    throw;
+  }
+  for (auto* bn : bns) bn->input_tap = nullptr;
+  ZSQ_CHECK(pass.bn_inputs.size() == bns.size(), "teacher pass saw {} BN inputs for {} BN layers",
+            pass.bn_inputs.size(), bns.size());
+  return pass;
+}
+
+namespace {
+void check_pairs(const std::vector<Tensor>& inputs, const std::vector<models::BatchNorm2d*>& bns) {
+  ZSQ_CHECK(!bns.empty() && inputs.size() == bns.size(), "BN-statistics loss: {} inputs for {} BN layers",
+            inputs.size(), bns.size());
+}
+Tensor accumulate(const Tensor& total, const Tensor& term) {
+  return total.defined() ? ops::add(total, term) : term;
+}
+}  // namespace
+
+Tensor bns_loss_gdfq(const std::vector<Tensor>& inputs, const std::vector<models::BatchNorm2d*>& bns) {
+  check_pairs(inputs, bns);
+  Tensor total;
+  for (std::size_t l = 0; l < bns.size(); ++l) {
+    const std::vector<std::int64_t> axes =
+        inputs[l].dim() == 4 ? std::vector<std::int64_t>{0, 2, 3} : std::vector<std::int64_t>{0};
+    total = accumulate(total, ops::add(ops::mse(ops::mean(inputs[l], axes), bns[l]->running_mean),
+                                       ops::mse(ops::variance(inputs[l], axes), bns[l]->running_var)));
+  }
+  return ops::mul_scalar(total, 1.0f / static_cast<float>(bns.size()));
+}
+
+Tensor bns_loss_zeroq(const std::vector<Tensor>& inputs, const std::vector<models::BatchNorm2d*>& bns) {
+  check_pairs(inputs, bns);
+  auto l2 = [](const Tensor& a, const Tensor& b) {
+    Tensor d = ops::sub(a, b);
+    return ops::sqrt(
+        ops::add_scalar(ops::sum(ops::mul(d, d)), 1e-12f));  // the epsilon keeps sqrt' finite at 0
+  };
+  Tensor total;
+  for (std::size_t l = 0; l < bns.size(); ++l) {
+    const auto* bn = bns[l];
+    const std::vector<std::int64_t> axes{0, 2, 3};
+    Tensor stddev = ops::sqrt(ops::add_scalar(ops::variance(inputs[l], axes), bn->eps()));
+    Tensor running_std = Tensor::empty({bn->channels()});
+    for (std::int64_t c = 0; c < bn->channels(); ++c)
+      running_std.f32()[c] = std::sqrt(bn->running_var.f32()[c] + bn->eps());
+    total = accumulate(total,
+                       ops::add(l2(ops::mean(inputs[l], axes), bn->running_mean), l2(stddev, running_std)));
+  }
+  return total;
+}
+
+Tensor kd_loss(const Tensor& student_logits, const Tensor& teacher_logits, float temperature,
+               bool legacy_mean) {
+  ZSQ_CHECK(temperature > 0, "kd_loss: temperature must be positive, got {}", temperature);
+  ZSQ_CHECK(student_logits.shape() == teacher_logits.shape() && student_logits.dim() == 2,
+            "kd_loss: logits must be [N, K] and equal in shape, got {} and {}", student_logits.str(),
+            teacher_logits.str());
+  const float inv_t = 1.0f / temperature;
+  Tensor kl = ops::kl_div(ops::log_softmax(ops::mul_scalar(student_logits, inv_t)),
+                          ops::softmax(ops::mul_scalar(teacher_logits, inv_t)));
+  float factor = temperature * temperature;
+  if (legacy_mean) factor /= static_cast<float>(student_logits.size(1));
+  return ops::mul_scalar(kl, factor);
+}
+
+Tensor output_discrepancy(const Tensor& teacher_logits, const Tensor& student_logits) {
+  return ops::l1(student_logits, teacher_logits);
+}
+
+}  // namespace zsq::quant

@@ -1,0 +1,106 @@
+#include <doctest/doctest.h>
+
+#include <cmath>
+
+#include "models/generator.h"
+#include "models/zoo.h"
+#include "ops/loss.h"
+#include "ops/reduce.h"
+#include "quant/losses.h"
+#include "tests/testing.h"
+
+using namespace zsq;
+using namespace zsq::testing;
+
+namespace {
+Tensor labels_of(std::vector<float> v) {
+  Tensor t = Tensor::empty({static_cast<std::int64_t>(v.size())}, DType::s32);
+  for (std::size_t i = 0; i < v.size(); ++i) t.data<std::int32_t>()[i] = static_cast<std::int32_t>(v[i]);
+  return t;
+}
+}  // namespace
+
+TEST_CASE("GDFQ generator: shapes, the BN eps quirk, standardized output, gradients reach every parameter") {
+  Rng rng(1);
+  models::Generator g(models::GeneratorConfig::gdfq(10, 1), rng);
+  Tensor z = randn({6, 100}, rng);
+  Tensor x = g.generate(z, labels_of({0, 1, 2, 3, 9, 9}));
+  CHECK(x.shape() == Shape{6, 1, 32, 32});
+  // The last BN has no affine parameters and runs on batch statistics: the output is standardized.
+  CHECK(ops::mean(x).item() == doctest::Approx(0.0).epsilon(1e-4));
+  CHECK(ops::variance(x).item() == doctest::Approx(1.0).epsilon(1e-3));
+  x.backward(randn(x.shape(), rng));
+  for (auto& [name, p] : g.named_parameters()) {
+    CAPTURE(name);
+    REQUIRE(p.grad().defined());
+    double norm = 0;
+    for (float v : p.grad().to_vector()) norm += std::abs(v);
+    CHECK(norm > 0.0);
+  }
+  bool quirk = false;
+  for (auto& [name, child] : g.children())
+    if (auto* bn = dynamic_cast<models::BatchNorm2d*>(child.get()); bn != nullptr && name == "bn1")
+      quirk = bn->eps() == doctest::Approx(0.8);
+  CHECK(quirk);
+  CHECK_THROWS_WITH_AS(g.forward(z), doctest::Contains("labels"), Error);
+  CHECK_THROWS_AS(g.generate(z, labels_of({1, 2})), Error);
+}
+
+TEST_CASE("ZAQ generator: unconditional, latent 256") {
+  Rng rng(2);
+  models::Generator g(models::GeneratorConfig::zaq(1), rng);
+  CHECK(g.forward(randn({4, 256}, rng)).shape() == Shape{4, 1, 32, 32});
+  CHECK_THROWS_AS(g.forward(randn({4, 100}, rng)), Error);
+}
+
+TEST_CASE("GDFQ BN-statistics loss equals the hand-computed value and its gradient reaches the input") {
+  models::BatchNorm2d bn(2);
+  bn.running_mean.f32()[0] = 1.0f, bn.running_mean.f32()[1] = -1.0f;
+  bn.running_var.f32()[0] = 2.0f, bn.running_var.f32()[1] = 0.5f;
+  // Channel 0 holds {0, 2, 4, 6} -> mean 3, biased var 5; channel 1 holds {1, 1, 1, 1} -> mean 1, var 0.
+  Tensor x = Tensor::from_vector({2, 2, 1, 2}, {0, 2, 1, 1, 4, 6, 1, 1});
+  const double expected = ((3 - 1) * (3 - 1) + (1 + 1) * (1 + 1)) / 2.0 + ((5 - 2) * (5 - 2) + 0.25) / 2.0;
+  CHECK(quant::bns_loss_gdfq({x}, {&bn}).item() == doctest::Approx(expected));
+  Rng rng(3);
+  Tensor y = random_input({3, 2, 2, 3}, rng);
+  check_gradients([&](const std::vector<Tensor>& t) { return quant::bns_loss_gdfq({t[0]}, {&bn}); }, {y});
+  check_gradients([&](const std::vector<Tensor>& t) { return quant::bns_loss_zeroq({t[0]}, {&bn}); }, {y});
+}
+
+TEST_CASE("teacher BN inputs are collected in batch_norms() order, attached to the input") {
+  Rng rng(4);
+  auto teacher = models::build_model(models::resolve_model_spec("resnet20", {{"width", 4}}), rng);
+  teacher->eval();
+  teacher->set_requires_grad(false);
+  Tensor images = random_input({2, 1, 8, 8}, rng);
+  auto pass = quant::run_with_bn_inputs(*teacher, images);
+  CHECK(pass.bn_inputs.size() == teacher->batch_norms().size());
+  CHECK(pass.bn_inputs.front().size(1) == 4);
+  CHECK(pass.bn_inputs.back().size(1) == 16);
+  quant::bns_loss_gdfq(pass.bn_inputs, teacher->batch_norms()).backward();
+  CHECK(images.grad().defined());
+  for (auto* bn : teacher->batch_norms()) CHECK_FALSE(bn->input_tap);
+}
+
+TEST_CASE("KD loss: temperature scaling, GDFQ's legacy mean, zero for equal logits, gradients") {
+  Rng rng(5);
+  Tensor s = random_input({4, 10}, rng), t = random_input({4, 10}, rng, MemoryFormat::contiguous, false);
+  const float standard = quant::kd_loss(s, t, 20.0f, false).item();
+  const float legacy = quant::kd_loss(s, t, 20.0f, true).item();
+  CHECK(legacy == doctest::Approx(standard / 10.0f));
+  // T^2 * KL(p_t || p_s) by hand.
+  auto sv = s.to_vector(), tv = t.to_vector();
+  double kl = 0;
+  for (int n = 0; n < 4; ++n) {
+    double zs = 0, zt = 0;
+    for (int k = 0; k < 10; ++k) zs += std::exp(sv[n * 10 + k] / 20.0), zt += std::exp(tv[n * 10 + k] / 20.0);
+    for (int k = 0; k < 10; ++k) {
+      const double pt = std::exp(tv[n * 10 + k] / 20.0) / zt, ps = std::exp(sv[n * 10 + k] / 20.0) / zs;
+      kl += pt * std::log(pt / ps);
+    }
+  }
+  CHECK(standard == doctest::Approx(400.0 * kl / 4.0).epsilon(1e-4));
+  CHECK(quant::kd_loss(t, t, 4.0f, false).item() == doctest::Approx(0.0).epsilon(1e-6));
+  check_gradients([&](const std::vector<Tensor>& in) { return quant::kd_loss(in[0], t, 3.0f, true); }, {s});
+  CHECK(quant::output_discrepancy(t, s).item() == doctest::Approx(ops::l1(s, t).item()));
+}
