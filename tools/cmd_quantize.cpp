@@ -12,6 +12,7 @@
 #include "engine/progress.h"
 #include "models/model_file.h"
 #include "quant/distill.h"
+#include "quant/methods/gdfq.h"
 #include "quant/report.h"
 #include "quant/student.h"
 #include "tools/commands.h"
@@ -25,6 +26,8 @@ struct QuantizeOptions {
   std::vector<std::string> sets;
   int wbits = 4, abits = 4;
   std::int64_t calib_images = 256, batch = 128;
+  std::string budget = "quick";
+  bool resume = false;
   quant::ZeroQOptions zeroq;
 };
 
@@ -50,6 +53,56 @@ Tensor first_rows(const Tensor& t, std::int64_t n) {
   return out;
 }
 
+// GDFQ fine-tuning with a checkpoint (student + generator + optimizers + observers) after every epoch;
+// --resume continues from it. Returns a batch of generated images for the report.
+Tensor run_gdfq(const QuantizeOptions& o, models::Classifier& teacher, quant::Student& student, nlohmann::json& losses) {
+  auto options = quant::GdfqOptions::budget(o.budget);
+  options.seed = o.common.seed;
+  quant::GdfqTrainer trainer(teacher, student, options);
+  std::filesystem::create_directories(o.out);
+  const auto state_path = (std::filesystem::path(o.out) / "state.safetensors").string();
+  const auto metrics_path = std::filesystem::path(o.out) / "metrics.csv";
+  if (o.resume) {
+    ZSQ_CHECK(std::filesystem::exists(state_path), "--resume: no training state at {}", state_path);
+    const Checkpoint state = load_checkpoint(state_path);
+    auto saved = quant::Student::from_checkpoint(state);
+    student.model().load_state(saved->model().named_state(), state_path);
+    trainer.load_state(state);
+    fmt::print(stderr, "resuming {} after epoch {}/{}\n", state_path, trainer.epochs_done(), options.epochs);
+  }
+  std::ofstream metrics(metrics_path, o.resume ? std::ios::app : std::ios::trunc);
+  if (!o.resume) metrics << "epoch,iteration,g_loss,g_ce,bns,q_loss,q_kd,q_ce,student_updated\n";
+  Progress progress("gdfq", options.epochs * options.iterations, "it");
+  quant::GdfqIteration last;
+  trainer.run(
+      [&](const quant::GdfqIteration& r) {
+        last = r;
+        metrics << fmt::format("{},{},{},{},{},{},{},{},{}\n", r.epoch + 1, r.iteration + 1, r.g_loss, r.g_ce, r.bns,
+                               r.q_loss, r.q_kd, r.q_ce, r.student_updated ? 1 : 0);
+        progress.update(r.epoch * options.iterations + r.iteration + 1,
+                        fmt::format("epoch {}/{} G {:.3f} (ce {:.3f} bns {:.3f}) Q {:.3f}{}", r.epoch + 1, options.epochs,
+                                    r.g_loss, r.g_ce, r.bns, r.q_loss, r.student_updated ? "" : " (warm-up)"));
+      },
+      [&](std::int64_t epochs_done) {
+        metrics.flush();
+        Checkpoint state = student.to_checkpoint({{"zsq.quant.method", "gdfq"}, {"zsq.quant.budget", o.budget}});
+        trainer.save_state(state);
+        save_checkpoint(state_path, state);
+        fmt::print(stderr, "epoch {}/{}: G {:.4f} (ce {:.4f}, bns {:.4f}) Q {:.4f} (kd {:.4f}, ce {:.4f})\n",
+                   epochs_done, options.epochs, last.g_loss, last.g_ce, last.bns, last.q_loss, last.q_kd, last.q_ce);
+      });
+  progress.finish();
+  losses = {{"g_loss", last.g_loss}, {"g_ce", last.g_ce}, {"bns", last.bns}, {"q_loss", last.q_loss},
+            {"q_kd", last.q_kd}, {"q_ce", last.q_ce}, {"budget", o.budget}, {"epochs", options.epochs},
+            {"iterations_per_epoch", options.iterations}, {"batch", options.batch}};
+  NoGrad no_grad;
+  Rng rng(o.common.seed + 99);
+  Tensor z = randn({256, trainer.generator().config().latent}, rng);
+  Tensor labels = Tensor::empty({256}, DType::s32);
+  for (std::int64_t i = 0; i < 256; ++i) labels.data<std::int32_t>()[i] = static_cast<std::int32_t>(i % teacher.num_classes());
+  return trainer.generator().generate(z, labels).to_format(MemoryFormat::contiguous);
+}
+
 void run_quantize(const QuantizeOptions& o) {
   apply_common_options(o.common);
   const auto start = std::chrono::steady_clock::now();
@@ -63,7 +116,9 @@ void run_quantize(const QuantizeOptions& o) {
   // Calibration-only methods default to the MSE-optimal clipping observer: plain min/max ranges over
   // synthetic inputs cost several points at 4 bits (ResNet-20 W4A4: 88.5% vs 92.7%, see docs/results.md).
   // A config file or --set act_observer=... decides instead.
-  if (o.config_file.empty()) config.act_observer = quant::ObserverKind::mse;
+  // GDFQ tracks ranges with its own bias-corrected EMA (ALGORITHMS.md §5) for parity.
+  if (o.config_file.empty())
+    config.act_observer = o.method == "gdfq" ? quant::ObserverKind::gdfq_ema : quant::ObserverKind::mse;
   for (const auto& kv : o.sets) config.set(kv);
   config.validate("zsq quantize");
 
@@ -72,7 +127,9 @@ void run_quantize(const QuantizeOptions& o) {
   const auto channels = teacher.spec.config.at("in_channels").get<std::int64_t>();
   Tensor inputs;
   nlohmann::json losses = nlohmann::json::object();
-  if (o.method == "gaussian") {
+  if (o.method == "gdfq") {
+    inputs = run_gdfq(o, *teacher.model, student, losses);
+  } else if (o.method == "gaussian") {
     inputs = quant::gaussian_inputs(o.calib_images, channels, 32, rng);
   } else {
     quant::ZeroQOptions zo = o.zeroq;
@@ -86,7 +143,7 @@ void run_quantize(const QuantizeOptions& o) {
     progress.finish(fmt::format("bns {:.4f}", last_bns));
     losses["zeroq_bns_final"] = last_bns;
   }
-  calibrate(student, inputs, o.batch);
+  if (o.method != "gdfq") calibrate(student, inputs, o.batch);
 
   std::filesystem::create_directories(o.out);
   const std::string student_path = (std::filesystem::path(o.out) / "student.safetensors").string();
@@ -124,9 +181,13 @@ void add_quantize_command(CLI::App& app) {
   auto o = std::make_shared<QuantizeOptions>();
   auto* verb = app.add_subcommand("quantize", "Zero-shot quantization of a teacher (reads no data set)");
   verb->add_option("--teacher", o->teacher, "Full-precision teacher file (.safetensors)")->required();
-  verb->add_option("--method", o->method, "gaussian or zeroq")
+  verb->add_option("--method", o->method, "gaussian, zeroq or gdfq")
       ->required()
-      ->check(CLI::IsMember({"gaussian", "zeroq"}));
+      ->check(CLI::IsMember({"gaussian", "zeroq", "gdfq"}));
+  verb->add_option("--budget", o->budget, "gdfq: quick (<10 min), standard (~1 h) or paper (published schedule)")
+      ->check(CLI::IsMember({"quick", "standard", "paper"}))
+      ->capture_default_str();
+  verb->add_flag("--resume", o->resume, "gdfq: continue from OUT/state.safetensors (written after every epoch)");
   verb->add_option("--wbits", o->wbits, "Weight bits (2-8)")->check(CLI::Range(2, 8))->capture_default_str();
   verb->add_option("--abits", o->abits, "Activation bits (2-8)")
       ->check(CLI::Range(2, 8))

@@ -1,0 +1,151 @@
+#include "quant/methods/gdfq.h"
+
+#include <cmath>
+
+#include "engine/autograd.h"
+#include "ops/elementwise.h"
+#include "ops/loss.h"
+#include "quant/losses.h"
+
+namespace zsq::quant {
+
+GdfqOptions GdfqOptions::budget(const std::string& name) {
+  GdfqOptions o;
+  if (name == "paper") return o;
+  if (name == "standard") {
+    o.epochs = 25, o.iterations = 200, o.batch = 128, o.warmup_epochs = 2, o.freeze_epochs = 2;
+    o.lr_milestones = {15, 22};
+    return o;
+  }
+  if (name == "quick") {
+    o.epochs = 8, o.iterations = 100, o.batch = 128, o.warmup_epochs = 1, o.freeze_epochs = 1;
+    o.lr_milestones = {6};
+    return o;
+  }
+  fail(fmt::format("unknown budget '{}' (quick, standard, paper)", name));
+}
+
+GdfqTrainer::GdfqTrainer(models::Classifier& teacher, Student& student, const GdfqOptions& options)
+    : teacher_(teacher), student_(student), options_(options) {
+  ZSQ_CHECK(options.epochs > 0 && options.iterations > 0 && options.batch > 1, "gdfq: epochs, iterations and batch "
+            "must be positive (batch > 1 for batch statistics)");
+  teacher_.eval();
+  teacher_.set_requires_grad(false);  // gradients reach G through the frozen teacher's input only
+  Rng init(options.seed ^ 0x6764667175ULL);
+  auto config = models::GeneratorConfig::gdfq(teacher.num_classes(), 1);
+  generator_ = std::make_unique<models::Generator>(config, init);
+  g_optim_ = std::make_unique<Adam>(generator_->parameters(), AdamOptions{.lr = options.g_lr, .beta1 = 0.5f});
+  // Q in eval mode throughout (fixed BN statistics); every parameter, BN affine included, trains.
+  student_.model().eval();
+  student_.model().set_requires_grad(true);
+  q_optim_ = std::make_unique<Sgd>(student_.model().parameters(),
+                                   SgdOptions{.lr = options.q_lr, .momentum = options.q_momentum,
+                                              .weight_decay = options.q_weight_decay, .nesterov = true});
+}
+
+void GdfqTrainer::begin_epoch(std::int64_t epoch) {
+  MultiStepSchedule q_lr(options_.q_lr, options_.lr_milestones, 0.1f), g_lr(options_.g_lr, options_.lr_milestones, 0.1f);
+  q_optim_->set_lr(q_lr.at(epoch));
+  g_optim_->set_lr(g_lr.at(epoch));
+  if (epoch >= options_.freeze_epochs)
+    student_.freeze_ranges();
+  else
+    student_.unfreeze_ranges();
+  student_.set_phase(Phase::quantized);
+}
+
+GdfqIteration GdfqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, Rng& rng) {
+  GdfqIteration r;
+  r.epoch = epoch;
+  r.iteration = iteration;
+  const auto n = options_.batch;
+  Tensor z = randn({n, generator_->config().latent}, rng);
+  Tensor labels = Tensor::empty({n}, DType::s32);
+  for (std::int64_t i = 0; i < n; ++i)
+    labels.data<std::int32_t>()[i] = static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(teacher_.num_classes())));
+
+  // Generator step.
+  generator_->train();
+  Tensor images = generator_->generate(z, labels);
+  TeacherPass pass = run_with_bn_inputs(teacher_, images);
+  Tensor ce = ops::cross_entropy(pass.logits, labels);
+  Tensor bns = bns_loss_gdfq(pass.bn_inputs, teacher_.batch_norms());
+  Tensor g_loss = ops::add(ce, ops::mul_scalar(bns, options_.bns_weight));
+  r.g_ce = ce.item();
+  r.bns = bns.item();
+  r.g_loss = g_loss.item();
+  ZSQ_CHECK(std::isfinite(r.g_loss), "gdfq: generator loss became {} at epoch {} iteration {}", r.g_loss, epoch + 1,
+            iteration + 1);
+  g_optim_->zero_grad();
+  g_loss.backward();
+  g_optim_->step();
+
+  // Student step on the detached images, against the teacher's detached logits.
+  Tensor x = images.detach();
+  Tensor teacher_logits = pass.logits.detach();
+  Tensor q_logits = student_.model().forward(x);
+  Tensor kd = kd_loss(q_logits, teacher_logits, options_.temperature, options_.legacy_kd_mean);
+  Tensor q_ce = ops::cross_entropy(q_logits, labels);
+  Tensor q_loss = ops::add(ops::mul_scalar(kd, options_.kd_alpha), q_ce);
+  r.q_kd = kd.item();
+  r.q_ce = q_ce.item();
+  r.q_loss = q_loss.item();
+  ZSQ_CHECK(std::isfinite(r.q_loss), "gdfq: student loss became {} at epoch {} iteration {}", r.q_loss, epoch + 1,
+            iteration + 1);
+  if (epoch >= options_.warmup_epochs) {
+    q_optim_->zero_grad();
+    q_loss.backward();
+    q_optim_->step();
+    r.student_updated = true;
+  }
+  return r;
+}
+
+void GdfqTrainer::run(const std::function<void(const GdfqIteration&)>& on_iteration,
+                      const std::function<void(std::int64_t)>& on_epoch_end) {
+  for (std::int64_t epoch = epochs_done_; epoch < options_.epochs; ++epoch) {
+    begin_epoch(epoch);
+    Rng rng(options_.seed * 0x9e3779b97f4a7c15ULL + static_cast<std::uint64_t>(epoch) + 1);
+    for (std::int64_t it = 0; it < options_.iterations; ++it) {
+      auto r = iterate(epoch, it, rng);
+      if (on_iteration) on_iteration(r);
+    }
+    epochs_done_ = epoch + 1;
+    student_.freeze_ranges();  // evaluation and checkpoints see fixed ranges
+    if (on_epoch_end) on_epoch_end(epochs_done_);
+  }
+}
+
+void GdfqTrainer::save_state(Checkpoint& ckpt) const {
+  ckpt.metadata["zsq.gdfq.epochs_done"] = std::to_string(epochs_done_);
+  for (auto& [name, t] : generator_->named_state()) ckpt.add("generator." + name, t);
+  for (auto& [name, t] : g_optim_->state()) ckpt.add("optim.generator." + name, t);
+  for (auto& [name, t] : q_optim_->state()) ckpt.add("optim.student." + name, t);
+  for (const auto& site : student_.activation_sites()) {
+    const auto s = site.observer->state();
+    ckpt.add("observer." + site.name, Tensor::from_vector({static_cast<std::int64_t>(s.size())}, s));
+  }
+}
+
+void GdfqTrainer::load_state(const Checkpoint& ckpt) {
+  auto it = ckpt.metadata.find("zsq.gdfq.epochs_done");
+  ZSQ_CHECK(it != ckpt.metadata.end(), "{}: not a GDFQ training state", ckpt.path);
+  epochs_done_ = std::stoll(it->second);
+  std::vector<std::pair<std::string, Tensor>> gen, g_opt, q_opt;
+  for (const auto& [name, t] : ckpt.tensors) {
+    if (name.rfind("generator.", 0) == 0) gen.emplace_back(name.substr(10), t);
+    if (name.rfind("optim.generator.", 0) == 0) g_opt.emplace_back(name.substr(16), t);
+    if (name.rfind("optim.student.", 0) == 0) q_opt.emplace_back(name.substr(14), t);
+  }
+  generator_->load_state(gen, ckpt.path);
+  g_optim_->load_state(g_opt);
+  q_optim_->load_state(q_opt);
+  for (auto& site : student_.activation_sites()) {
+    const Tensor* s = ckpt.find("observer." + site.name);
+    ZSQ_CHECK(s != nullptr, "{}: missing observer state for {}", ckpt.path, site.name);
+    site.observer->load_state(s->to_vector());
+    site.observations = site.observer->steps();
+  }
+}
+
+}  // namespace zsq::quant
