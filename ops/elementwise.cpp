@@ -109,4 +109,22 @@ Tensor sqrt(const Tensor& x) {
   });
 }
 
+Tensor log(const Tensor& x) {
+  ZSQ_CHECK(x.defined() && x.dtype() == DType::f32, "log: f32 input expected, got {}", x.str());
+  Tensor out = map_unary(x, [](float v) { return std::log(v); });
+  Tensor saved = x.detach();
+  return record(out, "log", {x}, [saved](const Tensor& g, const std::vector<bool>&) {
+    return std::vector<Tensor>{map_binary(g, saved, [](float gv, float v) { return gv / v; })};
+  });
+}
+
+Tensor exp(const Tensor& x) {
+  ZSQ_CHECK(x.defined() && x.dtype() == DType::f32, "exp: f32 input expected, got {}", x.str());
+  Tensor out = map_unary(x, [](float v) { return std::exp(v); });
+  Tensor saved = out.detach();
+  return record(out, "exp", {x}, [saved](const Tensor& g, const std::vector<bool>&) {
+    return std::vector<Tensor>{map_binary(g, saved, [](float gv, float y) { return gv * y; })};
+  });
+}
+
 }  // namespace zsq::ops

@@ -22,6 +22,10 @@ Tensor leaky_relu(const Tensor& x, float negative_slope = 0.01f);
 Tensor tanh(const Tensor& x);
 // Element-wise square root; inputs must be > 0 where a gradient is taken.
 Tensor sqrt(const Tensor& x);
+// Natural logarithm; inputs must be > 0.
+Tensor log(const Tensor& x);
+// e^x.
+Tensor exp(const Tensor& x);
 
 // Reference loops (the test oracle; never optimized), in ops/cpu/ref_elementwise.cpp.
 namespace ref {
@@ -33,6 +37,8 @@ Tensor relu(const Tensor& x);
 Tensor leaky_relu(const Tensor& x, float negative_slope);
 Tensor tanh(const Tensor& x);
 Tensor sqrt(const Tensor& x);
+Tensor log(const Tensor& x);
+Tensor exp(const Tensor& x);
 }  // namespace ref
 
 }  // namespace zsq::ops

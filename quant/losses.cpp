@@ -67,6 +67,33 @@ Tensor bns_loss_zeroq(const std::vector<Tensor>& inputs, const std::vector<model
   return total;
 }
 
+Tensor bns_loss_gaussian_kl(const std::vector<Tensor>& inputs, const std::vector<models::BatchNorm2d*>& bns) {
+  check_pairs(inputs, bns);
+  Tensor total;
+  std::int64_t channels = 0;
+  for (std::size_t l = 0; l < bns.size(); ++l) {
+    const auto* bn = bns[l];
+    const auto C = bn->channels();
+    const std::vector<std::int64_t> axes{0, 2, 3};
+    Tensor mu_hat = ops::mean(inputs[l], axes);
+    Tensor var_hat = ops::add_scalar(ops::variance(inputs[l], axes), bn->eps());
+    // Per-channel constants of the target Gaussian.
+    Tensor inv_two_var = Tensor::empty({C}), log_sigma = Tensor::empty({C});
+    for (std::int64_t c = 0; c < C; ++c) {
+      const float var = bn->running_var.f32()[c] + bn->eps();
+      inv_two_var.f32()[c] = 0.5f / var;
+      log_sigma.f32()[c] = 0.5f * std::log(var);
+    }
+    Tensor diff = ops::sub(mu_hat, bn->running_mean);
+    // log sigma - log sigma_hat + (var_hat + diff^2) / (2 var) - 1/2, summed over channels.
+    Tensor kl = ops::add(ops::sub(log_sigma, ops::mul_scalar(ops::log(var_hat), 0.5f)),
+                         ops::mul(ops::add(var_hat, ops::mul(diff, diff)), inv_two_var));
+    total = accumulate(total, ops::add_scalar(ops::sum(kl), -0.5f * static_cast<float>(C)));
+    channels += C;
+  }
+  return ops::mul_scalar(total, 1.0f / static_cast<float>(channels));
+}
+
 Tensor kd_loss(const Tensor& student_logits, const Tensor& teacher_logits, float temperature,
                bool legacy_mean) {
   ZSQ_CHECK(temperature > 0, "kd_loss: temperature must be positive, got {}", temperature);

@@ -20,6 +20,13 @@ Tensor bns_loss_gdfq(const std::vector<Tensor>& bn_inputs, const std::vector<mod
 // ZeroQ's form: sum_l ||mu_l - running_mean_l||_2 + ||sigma_l - running_std_l||_2.
 Tensor bns_loss_zeroq(const std::vector<Tensor>& bn_inputs, const std::vector<models::BatchNorm2d*>& bns);
 
+// GZNQ-style distribution matching (ALGORITHMS.md §2): mean over layers and channels of
+// KL(N(mu_hat, var_hat) || N(mu, var)) = log(sigma / sigma_hat) + (var_hat + (mu_hat - mu)^2) / (2 var) -
+// 1/2, with the batch mean and biased variance of each BN input and the layer's running statistics (eps added
+// to both variances).
+Tensor bns_loss_gaussian_kl(const std::vector<Tensor>& bn_inputs,
+                            const std::vector<models::BatchNorm2d*>& bns);
+
 // Knowledge distillation with temperature T: T^2 * KL(softmax(t/T) || softmax(s/T)), batch-mean.
 // legacy_mean reproduces GDFQ's PyTorch default reduction (mean over all N*K elements), which equals
 // the batch-mean value divided by K.

@@ -53,11 +53,14 @@ TEST_CASE("GDFQ: warm-up trains only the generator, then the student learns; los
   auto later = trainer.iterate(1, 0, rng);
   CHECK(later.student_updated);
   CHECK(flat_state(s.student->model()) != student_before);
-  for (float v : {first.g_loss, first.bns, first.g_ce, later.q_loss, later.q_kd, later.q_ce}) CHECK(std::isfinite(v));
+  for (float v : {first.g_loss, first.bns, first.g_ce, later.q_loss, later.q_kd, later.q_ce})
+    CHECK(std::isfinite(v));
   CHECK(first.g_loss == doctest::Approx(first.g_ce + 0.1f * first.bns).epsilon(1e-4));
 }
 
-TEST_CASE("GDFQ: a run interrupted after an epoch and resumed from its state ends where an uninterrupted run ends") {
+TEST_CASE(
+    "GDFQ: a run interrupted after an epoch and resumed from its state ends where an uninterrupted run "
+    "ends") {
   Setup a(2), b(2);
   quant::GdfqTrainer straight(*a.teacher, *a.student, tiny());
   straight.run(nullptr, nullptr);
@@ -84,5 +87,6 @@ TEST_CASE("GDFQ: a run interrupted after an epoch and resumed from its state end
   CHECK(flat_state(c.student->model()) == flat_state(a.student->model()));
   CHECK(flat_state(second_leg.generator()) == flat_state(straight.generator()));
   for (std::size_t i = 0; i < a.student->activation_sites().size(); ++i)
-    CHECK(c.student->activation_sites()[i].observer->state() == a.student->activation_sites()[i].observer->state());
+    CHECK(c.student->activation_sites()[i].observer->state() ==
+          a.student->activation_sites()[i].observer->state());
 }

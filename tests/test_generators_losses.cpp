@@ -104,3 +104,19 @@ TEST_CASE("KD loss: temperature scaling, GDFQ's legacy mean, zero for equal logi
   check_gradients([&](const std::vector<Tensor>& in) { return quant::kd_loss(in[0], t, 3.0f, true); }, {s});
   CHECK(quant::output_discrepancy(t, s).item() == doctest::Approx(ops::l1(s, t).item()));
 }
+
+TEST_CASE("GZNQ Gaussian KL: zero when the batch statistics equal the running ones, matches the formula") {
+  models::BatchNorm2d bn(1, 0.1f, 1e-5f);
+  bn.running_mean.f32()[0] = 3.0f;
+  bn.running_var.f32()[0] = 5.0f - 1e-5f;                      // + eps inside the loss gives exactly 5
+  Tensor x = Tensor::from_vector({4, 1, 1, 1}, {0, 2, 4, 6});  // mean 3, biased var 5
+  CHECK(quant::bns_loss_gaussian_kl({x}, {&bn}).item() == doctest::Approx(0.0).epsilon(1e-5));
+  bn.running_mean.f32()[0] = 1.0f;
+  bn.running_var.f32()[0] = 2.0f - 1e-5f;
+  const double kl = std::log(std::sqrt(2.0) / std::sqrt(5.0)) + (5.0 + 4.0) / 4.0 - 0.5;
+  CHECK(quant::bns_loss_gaussian_kl({x}, {&bn}).item() == doctest::Approx(kl).epsilon(1e-4));
+  Rng rng(6);
+  Tensor y = random_input({3, 1, 2, 3}, rng);
+  check_gradients([&](const std::vector<Tensor>& t) { return quant::bns_loss_gaussian_kl({t[0]}, {&bn}); },
+                  {y});
+}

@@ -28,6 +28,8 @@ TEST_CASE("element-wise fast paths match the reference loops in both memory form
         check_close(ops::tanh(a), ops::ref::tanh(a), 1e-6, 1e-6, "tanh");
         Tensor pos = ops::ref::affine_scalar(ops::ref::mul(a, a), 1.0f, 0.5f).to_format(a.format());
         check_close(ops::sqrt(pos), ops::ref::sqrt(pos), 1e-6, 1e-7, "sqrt");
+        check_close(ops::log(pos), ops::ref::log(pos), 1e-6, 1e-6, "log");
+        check_close(ops::exp(a), ops::ref::exp(a), 1e-6, 1e-6, "exp");
       }
 }
 
@@ -45,6 +47,8 @@ TEST_CASE("element-wise gradients match finite differences") {
       Tensor pos = ops::ref::affine_scalar(ops::ref::mul(a, a), 1.0f, 0.5f);
       pos.set_requires_grad(true);
       check_gradients([](const auto& t) { return ops::sqrt(t[0]); }, {pos});
+      check_gradients([](const auto& t) { return ops::log(t[0]); }, {pos});
+      check_gradients([](const auto& t) { return ops::exp(t[0]); }, {a});
       // Kinks: keep inputs away from 0 so central differences do not straddle them.
       auto vals = a.to_vector();
       for (auto& v : vals) v = v >= 0 ? v + 0.1f : v - 0.1f;

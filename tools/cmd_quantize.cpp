@@ -13,6 +13,7 @@
 #include "models/model_file.h"
 #include "quant/distill.h"
 #include "quant/methods/gdfq.h"
+#include "quant/methods/gznq.h"
 #include "quant/report.h"
 #include "quant/student.h"
 #include "tools/commands.h"
@@ -55,7 +56,8 @@ Tensor first_rows(const Tensor& t, std::int64_t n) {
 
 // GDFQ fine-tuning with a checkpoint (student + generator + optimizers + observers) after every epoch;
 // --resume continues from it. Returns a batch of generated images for the report.
-Tensor run_gdfq(const QuantizeOptions& o, models::Classifier& teacher, quant::Student& student, nlohmann::json& losses) {
+Tensor run_gdfq(const QuantizeOptions& o, models::Classifier& teacher, quant::Student& student,
+                nlohmann::json& losses) {
   auto options = quant::GdfqOptions::budget(o.budget);
   options.seed = o.common.seed;
   quant::GdfqTrainer trainer(teacher, student, options);
@@ -77,29 +79,34 @@ Tensor run_gdfq(const QuantizeOptions& o, models::Classifier& teacher, quant::St
   trainer.run(
       [&](const quant::GdfqIteration& r) {
         last = r;
-        metrics << fmt::format("{},{},{},{},{},{},{},{},{}\n", r.epoch + 1, r.iteration + 1, r.g_loss, r.g_ce, r.bns,
-                               r.q_loss, r.q_kd, r.q_ce, r.student_updated ? 1 : 0);
-        progress.update(r.epoch * options.iterations + r.iteration + 1,
-                        fmt::format("epoch {}/{} G {:.3f} (ce {:.3f} bns {:.3f}) Q {:.3f}{}", r.epoch + 1, options.epochs,
-                                    r.g_loss, r.g_ce, r.bns, r.q_loss, r.student_updated ? "" : " (warm-up)"));
+        metrics << fmt::format("{},{},{},{},{},{},{},{},{}\n", r.epoch + 1, r.iteration + 1, r.g_loss, r.g_ce,
+                               r.bns, r.q_loss, r.q_kd, r.q_ce, r.student_updated ? 1 : 0);
+        progress.update(
+            r.epoch * options.iterations + r.iteration + 1,
+            fmt::format("epoch {}/{} G {:.3f} (ce {:.3f} bns {:.3f}) Q {:.3f}{}", r.epoch + 1, options.epochs,
+                        r.g_loss, r.g_ce, r.bns, r.q_loss, r.student_updated ? "" : " (warm-up)"));
       },
       [&](std::int64_t epochs_done) {
         metrics.flush();
-        Checkpoint state = student.to_checkpoint({{"zsq.quant.method", "gdfq"}, {"zsq.quant.budget", o.budget}});
+        Checkpoint state =
+            student.to_checkpoint({{"zsq.quant.method", "gdfq"}, {"zsq.quant.budget", o.budget}});
         trainer.save_state(state);
         save_checkpoint(state_path, state);
         fmt::print(stderr, "epoch {}/{}: G {:.4f} (ce {:.4f}, bns {:.4f}) Q {:.4f} (kd {:.4f}, ce {:.4f})\n",
-                   epochs_done, options.epochs, last.g_loss, last.g_ce, last.bns, last.q_loss, last.q_kd, last.q_ce);
+                   epochs_done, options.epochs, last.g_loss, last.g_ce, last.bns, last.q_loss, last.q_kd,
+                   last.q_ce);
       });
   progress.finish();
-  losses = {{"g_loss", last.g_loss}, {"g_ce", last.g_ce}, {"bns", last.bns}, {"q_loss", last.q_loss},
-            {"q_kd", last.q_kd}, {"q_ce", last.q_ce}, {"budget", o.budget}, {"epochs", options.epochs},
-            {"iterations_per_epoch", options.iterations}, {"batch", options.batch}};
+  losses = {{"g_loss", last.g_loss}, {"g_ce", last.g_ce},        {"bns", last.bns},
+            {"q_loss", last.q_loss}, {"q_kd", last.q_kd},        {"q_ce", last.q_ce},
+            {"budget", o.budget},    {"epochs", options.epochs}, {"iterations_per_epoch", options.iterations},
+            {"batch", options.batch}};
   NoGrad no_grad;
   Rng rng(o.common.seed + 99);
   Tensor z = randn({256, trainer.generator().config().latent}, rng);
   Tensor labels = Tensor::empty({256}, DType::s32);
-  for (std::int64_t i = 0; i < 256; ++i) labels.data<std::int32_t>()[i] = static_cast<std::int32_t>(i % teacher.num_classes());
+  for (std::int64_t i = 0; i < 256; ++i)
+    labels.data<std::int32_t>()[i] = static_cast<std::int32_t>(i % teacher.num_classes());
   return trainer.generator().generate(z, labels).to_format(MemoryFormat::contiguous);
 }
 
@@ -131,6 +138,17 @@ void run_quantize(const QuantizeOptions& o) {
     inputs = run_gdfq(o, *teacher.model, student, losses);
   } else if (o.method == "gaussian") {
     inputs = quant::gaussian_inputs(o.calib_images, channels, 32, rng);
+  } else if (o.method == "gznq") {
+    auto go = quant::GznqOptions::budget(o.budget);
+    go.batch = o.calib_images;
+    Progress progress("gznq synthesis", go.iterations, "it");
+    quant::GznqStep last{};
+    inputs = quant::gznq_synthesize(*teacher.model, channels, go, rng, [&](const quant::GznqStep& st) {
+      last = st;
+      progress.update(st.iteration, fmt::format("loss {:.4f} kl {:.4f} ce {:.4f}", st.loss, st.kl, st.ce));
+    });
+    progress.finish(fmt::format("kl {:.4f} ce {:.4f}", last.kl, last.ce));
+    losses = {{"gznq_kl_final", last.kl}, {"gznq_ce_final", last.ce}, {"iterations", go.iterations}};
   } else {
     quant::ZeroQOptions zo = o.zeroq;
     zo.batch = o.calib_images;
@@ -181,13 +199,15 @@ void add_quantize_command(CLI::App& app) {
   auto o = std::make_shared<QuantizeOptions>();
   auto* verb = app.add_subcommand("quantize", "Zero-shot quantization of a teacher (reads no data set)");
   verb->add_option("--teacher", o->teacher, "Full-precision teacher file (.safetensors)")->required();
-  verb->add_option("--method", o->method, "gaussian, zeroq or gdfq")
+  verb->add_option("--method", o->method, "gaussian, zeroq, gdfq or gznq")
       ->required()
-      ->check(CLI::IsMember({"gaussian", "zeroq", "gdfq"}));
-  verb->add_option("--budget", o->budget, "gdfq: quick (<10 min), standard (~1 h) or paper (published schedule)")
+      ->check(CLI::IsMember({"gaussian", "zeroq", "gdfq", "gznq"}));
+  verb->add_option("--budget", o->budget,
+                   "gdfq/gznq: quick (<10 min), standard (~1 h) or paper (published schedule)")
       ->check(CLI::IsMember({"quick", "standard", "paper"}))
       ->capture_default_str();
-  verb->add_flag("--resume", o->resume, "gdfq: continue from OUT/state.safetensors (written after every epoch)");
+  verb->add_flag("--resume", o->resume,
+                 "gdfq: continue from OUT/state.safetensors (written after every epoch)");
   verb->add_option("--wbits", o->wbits, "Weight bits (2-8)")->check(CLI::Range(2, 8))->capture_default_str();
   verb->add_option("--abits", o->abits, "Activation bits (2-8)")
       ->check(CLI::Range(2, 8))

@@ -45,5 +45,11 @@ Tensor tanh(const Tensor& x) {
 Tensor sqrt(const Tensor& x) {
   return unary(x, [](float v) { return std::sqrt(v); });
 }
+Tensor log(const Tensor& x) {
+  return unary(x, [](float v) { return std::log(v); });
+}
+Tensor exp(const Tensor& x) {
+  return unary(x, [](float v) { return std::exp(v); });
+}
 
 }  // namespace zsq::ops::ref

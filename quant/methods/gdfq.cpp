@@ -27,7 +27,8 @@ GdfqOptions GdfqOptions::budget(const std::string& name) {
 
 GdfqTrainer::GdfqTrainer(models::Classifier& teacher, Student& student, const GdfqOptions& options)
     : teacher_(teacher), student_(student), options_(options) {
-  ZSQ_CHECK(options.epochs > 0 && options.iterations > 0 && options.batch > 1, "gdfq: epochs, iterations and batch "
+  ZSQ_CHECK(options.epochs > 0 && options.iterations > 0 && options.batch > 1,
+            "gdfq: epochs, iterations and batch "
             "must be positive (batch > 1 for batch statistics)");
   teacher_.eval();
   teacher_.set_requires_grad(false);  // gradients reach G through the frozen teacher's input only
@@ -38,13 +39,16 @@ GdfqTrainer::GdfqTrainer(models::Classifier& teacher, Student& student, const Gd
   // Q in eval mode throughout (fixed BN statistics); every parameter, BN affine included, trains.
   student_.model().eval();
   student_.model().set_requires_grad(true);
-  q_optim_ = std::make_unique<Sgd>(student_.model().parameters(),
-                                   SgdOptions{.lr = options.q_lr, .momentum = options.q_momentum,
-                                              .weight_decay = options.q_weight_decay, .nesterov = true});
+  q_optim_ =
+      std::make_unique<Sgd>(student_.model().parameters(), SgdOptions{.lr = options.q_lr,
+                                                                      .momentum = options.q_momentum,
+                                                                      .weight_decay = options.q_weight_decay,
+                                                                      .nesterov = true});
 }
 
 void GdfqTrainer::begin_epoch(std::int64_t epoch) {
-  MultiStepSchedule q_lr(options_.q_lr, options_.lr_milestones, 0.1f), g_lr(options_.g_lr, options_.lr_milestones, 0.1f);
+  MultiStepSchedule q_lr(options_.q_lr, options_.lr_milestones, 0.1f),
+      g_lr(options_.g_lr, options_.lr_milestones, 0.1f);
   q_optim_->set_lr(q_lr.at(epoch));
   g_optim_->set_lr(g_lr.at(epoch));
   if (epoch >= options_.freeze_epochs)
@@ -62,7 +66,8 @@ GdfqIteration GdfqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, R
   Tensor z = randn({n, generator_->config().latent}, rng);
   Tensor labels = Tensor::empty({n}, DType::s32);
   for (std::int64_t i = 0; i < n; ++i)
-    labels.data<std::int32_t>()[i] = static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(teacher_.num_classes())));
+    labels.data<std::int32_t>()[i] =
+        static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(teacher_.num_classes())));
 
   // Generator step.
   generator_->train();
@@ -74,8 +79,8 @@ GdfqIteration GdfqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, R
   r.g_ce = ce.item();
   r.bns = bns.item();
   r.g_loss = g_loss.item();
-  ZSQ_CHECK(std::isfinite(r.g_loss), "gdfq: generator loss became {} at epoch {} iteration {}", r.g_loss, epoch + 1,
-            iteration + 1);
+  ZSQ_CHECK(std::isfinite(r.g_loss), "gdfq: generator loss became {} at epoch {} iteration {}", r.g_loss,
+            epoch + 1, iteration + 1);
   g_optim_->zero_grad();
   g_loss.backward();
   g_optim_->step();
@@ -90,8 +95,8 @@ GdfqIteration GdfqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, R
   r.q_kd = kd.item();
   r.q_ce = q_ce.item();
   r.q_loss = q_loss.item();
-  ZSQ_CHECK(std::isfinite(r.q_loss), "gdfq: student loss became {} at epoch {} iteration {}", r.q_loss, epoch + 1,
-            iteration + 1);
+  ZSQ_CHECK(std::isfinite(r.q_loss), "gdfq: student loss became {} at epoch {} iteration {}", r.q_loss,
+            epoch + 1, iteration + 1);
   if (epoch >= options_.warmup_epochs) {
     q_optim_->zero_grad();
     q_loss.backward();
