@@ -104,4 +104,8 @@ Tensor ConvBnAct::forward_unquantized(const Tensor& x, const Tensor& residual, b
   return ops::conv2d_fused_inference(x, w, b, conv->params(), {residual, relu_after});
 }
 
+std::vector<Tensor> Classifier::forward_features(const Tensor&, Tensor&) {
+  fail("this architecture defines no feature stages (needed by feature-level losses such as ZAQ's)");
+}
+
 }  // namespace zsq::models

@@ -85,6 +85,9 @@ class Classifier : public Module {
  public:
   virtual std::vector<BatchNorm2d*> batch_norms() = 0;
   virtual std::int64_t num_classes() const = 0;
+  // The output of each stage (for feature-level losses such as ZAQ's) and, through `logits`, the
+  // network output. Architectures without defined stages throw.
+  virtual std::vector<Tensor> forward_features(const Tensor& x, Tensor& logits);
 };
 
 }  // namespace zsq::models

@@ -29,6 +29,9 @@ class CifarResNet : public Classifier {
   std::int64_t num_classes() const override { return config_.num_classes; }
   // Output of each stage (after its last block), for feature-level losses.
   std::vector<Tensor> forward_stages(const Tensor& x, Tensor& logits);
+  std::vector<Tensor> forward_features(const Tensor& x, Tensor& logits) override {
+    return forward_stages(x, logits);
+  }
 
  private:
   ResNetConfig config_;

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "engine/autograd.h"
 #include "engine/progress.h"
@@ -14,6 +15,7 @@
 #include "quant/distill.h"
 #include "quant/methods/gdfq.h"
 #include "quant/methods/gznq.h"
+#include "quant/methods/zaq.h"
 #include "quant/report.h"
 #include "quant/student.h"
 #include "tools/commands.h"
@@ -54,13 +56,15 @@ Tensor first_rows(const Tensor& t, std::int64_t n) {
   return out;
 }
 
-// GDFQ fine-tuning with a checkpoint (student + generator + optimizers + observers) after every epoch;
-// --resume continues from it. Returns a batch of generated images for the report.
-Tensor run_gdfq(const QuantizeOptions& o, models::Classifier& teacher, quant::Student& student,
-                nlohmann::json& losses) {
-  auto options = quant::GdfqOptions::budget(o.budget);
+// Generator-based fine-tuning (GDFQ, ZAQ) with a checkpoint (student + generator + optimizers +
+// observers) after every epoch; --resume continues from it. Returns generated images for the report.
+template <typename Trainer, typename Options, typename Iteration>
+Tensor run_generative(const QuantizeOptions& o, models::Classifier& teacher, quant::Student& student,
+                      nlohmann::json& losses, Options options, const std::vector<std::string>& columns,
+                      const std::function<std::vector<float>(const Iteration&)>& values,
+                      const std::function<std::string(const Iteration&)>& summary) {
   options.seed = o.common.seed;
-  quant::GdfqTrainer trainer(teacher, student, options);
+  Trainer trainer(teacher, student, options);
   std::filesystem::create_directories(o.out);
   const auto state_path = (std::filesystem::path(o.out) / "state.safetensors").string();
   const auto metrics_path = std::filesystem::path(o.out) / "metrics.csv";
@@ -73,34 +77,31 @@ Tensor run_gdfq(const QuantizeOptions& o, models::Classifier& teacher, quant::St
     fmt::print(stderr, "resuming {} after epoch {}/{}\n", state_path, trainer.epochs_done(), options.epochs);
   }
   std::ofstream metrics(metrics_path, o.resume ? std::ios::app : std::ios::trunc);
-  if (!o.resume) metrics << "epoch,iteration,g_loss,g_ce,bns,q_loss,q_kd,q_ce,student_updated\n";
-  Progress progress("gdfq", options.epochs * options.iterations, "it");
-  quant::GdfqIteration last;
+  if (!o.resume) metrics << fmt::format("epoch,iteration,{}\n", fmt::join(columns, ","));
+  Progress progress(o.method, options.epochs * options.iterations, "it");
+  Iteration last{};
   trainer.run(
-      [&](const quant::GdfqIteration& r) {
+      [&](const Iteration& r) {
         last = r;
-        metrics << fmt::format("{},{},{},{},{},{},{},{},{}\n", r.epoch + 1, r.iteration + 1, r.g_loss, r.g_ce,
-                               r.bns, r.q_loss, r.q_kd, r.q_ce, r.student_updated ? 1 : 0);
-        progress.update(
-            r.epoch * options.iterations + r.iteration + 1,
-            fmt::format("epoch {}/{} G {:.3f} (ce {:.3f} bns {:.3f}) Q {:.3f}{}", r.epoch + 1, options.epochs,
-                        r.g_loss, r.g_ce, r.bns, r.q_loss, r.student_updated ? "" : " (warm-up)"));
+        metrics << fmt::format("{},{},{}\n", r.epoch + 1, r.iteration + 1, fmt::join(values(r), ","));
+        progress.update(r.epoch * options.iterations + r.iteration + 1,
+                        fmt::format("epoch {}/{} {}", r.epoch + 1, options.epochs, summary(r)));
       },
       [&](std::int64_t epochs_done) {
         metrics.flush();
         Checkpoint state =
-            student.to_checkpoint({{"zsq.quant.method", "gdfq"}, {"zsq.quant.budget", o.budget}});
+            student.to_checkpoint({{"zsq.quant.method", o.method}, {"zsq.quant.budget", o.budget}});
         trainer.save_state(state);
         save_checkpoint(state_path, state);
-        fmt::print(stderr, "epoch {}/{}: G {:.4f} (ce {:.4f}, bns {:.4f}) Q {:.4f} (kd {:.4f}, ce {:.4f})\n",
-                   epochs_done, options.epochs, last.g_loss, last.g_ce, last.bns, last.q_loss, last.q_kd,
-                   last.q_ce);
+        fmt::print(stderr, "epoch {}/{}: {}\n", epochs_done, options.epochs, summary(last));
       });
   progress.finish();
-  losses = {{"g_loss", last.g_loss}, {"g_ce", last.g_ce},        {"bns", last.bns},
-            {"q_loss", last.q_loss}, {"q_kd", last.q_kd},        {"q_ce", last.q_ce},
-            {"budget", o.budget},    {"epochs", options.epochs}, {"iterations_per_epoch", options.iterations},
-            {"batch", options.batch}};
+  const auto final_values = values(last);
+  for (std::size_t i = 0; i < columns.size(); ++i) losses[columns[i]] = final_values[i];
+  losses["budget"] = o.budget;
+  losses["epochs"] = options.epochs;
+  losses["iterations_per_epoch"] = options.iterations;
+  losses["batch"] = options.batch;
   NoGrad no_grad;
   Rng rng(o.common.seed + 99);
   Tensor z = randn({256, trainer.generator().config().latent}, rng);
@@ -108,6 +109,38 @@ Tensor run_gdfq(const QuantizeOptions& o, models::Classifier& teacher, quant::St
   for (std::int64_t i = 0; i < 256; ++i)
     labels.data<std::int32_t>()[i] = static_cast<std::int32_t>(i % teacher.num_classes());
   return trainer.generator().generate(z, labels).to_format(MemoryFormat::contiguous);
+}
+
+Tensor run_gdfq(const QuantizeOptions& o, models::Classifier& teacher, quant::Student& student,
+                nlohmann::json& losses) {
+  using It = quant::GdfqIteration;
+  return run_generative<quant::GdfqTrainer, quant::GdfqOptions, It>(
+      o, teacher, student, losses, quant::GdfqOptions::budget(o.budget),
+      {"g_loss", "g_ce", "bns", "q_loss", "q_kd", "q_ce", "student_updated"},
+      [](const It& r) {
+        return std::vector<float>{
+            r.g_loss, r.g_ce, r.bns, r.q_loss, r.q_kd, r.q_ce, r.student_updated ? 1.0f : 0.0f};
+      },
+      [](const It& r) {
+        return fmt::format("G {:.3f} (ce {:.3f} bns {:.3f}) Q {:.3f} (kd {:.3f} ce {:.3f}){}", r.g_loss,
+                           r.g_ce, r.bns, r.q_loss, r.q_kd, r.q_ce, r.student_updated ? "" : " (warm-up)");
+      });
+}
+
+Tensor run_zaq(const QuantizeOptions& o, models::Classifier& teacher, quant::Student& student,
+               nlohmann::json& losses) {
+  using It = quant::ZaqIteration;
+  return run_generative<quant::ZaqTrainer, quant::ZaqOptions, It>(
+      o, teacher, student, losses, quant::ZaqOptions::budget(o.budget),
+      {"q_loss", "q_output", "q_feature", "g_loss", "g_output", "g_feature", "g_activation"},
+      [](const It& r) {
+        return std::vector<float>{r.q_loss,   r.q_output,  r.q_feature,   r.g_loss,
+                                  r.g_output, r.g_feature, r.g_activation};
+      },
+      [](const It& r) {
+        return fmt::format("Q {:.4f} (out {:.4f} feat {:.4f}) G {:.4f} (act {:.3f})", r.q_loss, r.q_output,
+                           r.q_feature, r.g_loss, r.g_activation);
+      });
 }
 
 void run_quantize(const QuantizeOptions& o) {
@@ -125,7 +158,9 @@ void run_quantize(const QuantizeOptions& o) {
   // A config file or --set act_observer=... decides instead.
   // GDFQ tracks ranges with its own bias-corrected EMA (ALGORITHMS.md §5) for parity.
   if (o.config_file.empty())
-    config.act_observer = o.method == "gdfq" ? quant::ObserverKind::gdfq_ema : quant::ObserverKind::mse;
+    config.act_observer = o.method == "gdfq"  ? quant::ObserverKind::gdfq_ema
+                          : o.method == "zaq" ? quant::ObserverKind::ema
+                                              : quant::ObserverKind::mse;
   for (const auto& kv : o.sets) config.set(kv);
   config.validate("zsq quantize");
 
@@ -136,6 +171,8 @@ void run_quantize(const QuantizeOptions& o) {
   nlohmann::json losses = nlohmann::json::object();
   if (o.method == "gdfq") {
     inputs = run_gdfq(o, *teacher.model, student, losses);
+  } else if (o.method == "zaq") {
+    inputs = run_zaq(o, *teacher.model, student, losses);
   } else if (o.method == "gaussian") {
     inputs = quant::gaussian_inputs(o.calib_images, channels, 32, rng);
   } else if (o.method == "gznq") {
@@ -161,7 +198,7 @@ void run_quantize(const QuantizeOptions& o) {
     progress.finish(fmt::format("bns {:.4f}", last_bns));
     losses["zeroq_bns_final"] = last_bns;
   }
-  if (o.method != "gdfq") calibrate(student, inputs, o.batch);
+  if (o.method != "gdfq" && o.method != "zaq") calibrate(student, inputs, o.batch);
 
   std::filesystem::create_directories(o.out);
   const std::string student_path = (std::filesystem::path(o.out) / "student.safetensors").string();
@@ -199,15 +236,15 @@ void add_quantize_command(CLI::App& app) {
   auto o = std::make_shared<QuantizeOptions>();
   auto* verb = app.add_subcommand("quantize", "Zero-shot quantization of a teacher (reads no data set)");
   verb->add_option("--teacher", o->teacher, "Full-precision teacher file (.safetensors)")->required();
-  verb->add_option("--method", o->method, "gaussian, zeroq, gdfq or gznq")
+  verb->add_option("--method", o->method, "gaussian, zeroq, gdfq, gznq or zaq")
       ->required()
-      ->check(CLI::IsMember({"gaussian", "zeroq", "gdfq", "gznq"}));
+      ->check(CLI::IsMember({"gaussian", "zeroq", "gdfq", "gznq", "zaq"}));
   verb->add_option("--budget", o->budget,
-                   "gdfq/gznq: quick (<10 min), standard (~1 h) or paper (published schedule)")
+                   "gdfq/zaq/gznq: quick (<10 min), standard (~1 h) or paper (published schedule)")
       ->check(CLI::IsMember({"quick", "standard", "paper"}))
       ->capture_default_str();
   verb->add_flag("--resume", o->resume,
-                 "gdfq: continue from OUT/state.safetensors (written after every epoch)");
+                 "gdfq/zaq: continue from OUT/state.safetensors (written after every epoch)");
   verb->add_option("--wbits", o->wbits, "Weight bits (2-8)")->check(CLI::Range(2, 8))->capture_default_str();
   verb->add_option("--abits", o->abits, "Activation bits (2-8)")
       ->check(CLI::Range(2, 8))

@@ -6,6 +6,7 @@
 #include "ops/elementwise.h"
 #include "ops/loss.h"
 #include "quant/losses.h"
+#include "quant/methods/trainer_state.h"
 
 namespace zsq::quant {
 
@@ -122,35 +123,11 @@ void GdfqTrainer::run(const std::function<void(const GdfqIteration&)>& on_iterat
 }
 
 void GdfqTrainer::save_state(Checkpoint& ckpt) const {
-  ckpt.metadata["zsq.gdfq.epochs_done"] = std::to_string(epochs_done_);
-  for (auto& [name, t] : generator_->named_state()) ckpt.add("generator." + name, t);
-  for (auto& [name, t] : g_optim_->state()) ckpt.add("optim.generator." + name, t);
-  for (auto& [name, t] : q_optim_->state()) ckpt.add("optim.student." + name, t);
-  for (const auto& site : student_.activation_sites()) {
-    const auto s = site.observer->state();
-    ckpt.add("observer." + site.name, Tensor::from_vector({static_cast<std::int64_t>(s.size())}, s));
-  }
+  save_trainer_state(ckpt, "gdfq", epochs_done_, {*generator_, *g_optim_, *q_optim_, student_});
 }
 
 void GdfqTrainer::load_state(const Checkpoint& ckpt) {
-  auto it = ckpt.metadata.find("zsq.gdfq.epochs_done");
-  ZSQ_CHECK(it != ckpt.metadata.end(), "{}: not a GDFQ training state", ckpt.path);
-  epochs_done_ = std::stoll(it->second);
-  std::vector<std::pair<std::string, Tensor>> gen, g_opt, q_opt;
-  for (const auto& [name, t] : ckpt.tensors) {
-    if (name.rfind("generator.", 0) == 0) gen.emplace_back(name.substr(10), t);
-    if (name.rfind("optim.generator.", 0) == 0) g_opt.emplace_back(name.substr(16), t);
-    if (name.rfind("optim.student.", 0) == 0) q_opt.emplace_back(name.substr(14), t);
-  }
-  generator_->load_state(gen, ckpt.path);
-  g_optim_->load_state(g_opt);
-  q_optim_->load_state(q_opt);
-  for (auto& site : student_.activation_sites()) {
-    const Tensor* s = ckpt.find("observer." + site.name);
-    ZSQ_CHECK(s != nullptr, "{}: missing observer state for {}", ckpt.path, site.name);
-    site.observer->load_state(s->to_vector());
-    site.observations = site.observer->steps();
-  }
+  epochs_done_ = load_trainer_state(ckpt, "gdfq", {*generator_, *g_optim_, *q_optim_, student_});
 }
 
 }  // namespace zsq::quant

@@ -1,0 +1,180 @@
+#include "quant/methods/zaq.h"
+
+#include <cmath>
+
+#include "engine/autograd.h"
+#include "ops/attention.h"
+#include "ops/elementwise.h"
+#include "ops/layout.h"
+#include "ops/loss.h"
+#include "ops/reduce.h"
+#include "quant/losses.h"
+#include "quant/methods/trainer_state.h"
+
+namespace zsq::quant {
+
+ZaqOptions ZaqOptions::budget(const std::string& name) {
+  ZaqOptions o;
+  if (name == "paper") return o;
+  o.student_bn_train = false;
+  o.q_lr = 1e-4f;
+  o.q_weight_decay = 1e-4f;
+  o.freeze_epochs = 1;
+  if (name == "quick") {
+    o.epochs = 4, o.iterations = 10, o.batch = 128, o.lr_milestones = {3};
+    return o;
+  }
+  if (name == "standard") {
+    o.epochs = 20, o.iterations = 25, o.batch = 128, o.lr_milestones = {14};
+    return o;
+  }
+  fail(fmt::format("unknown budget '{}' (quick, standard, paper)", name));
+}
+
+namespace {
+// R = gamma * attention(X, X, X, scale) + X for rows X [B, M, D].
+Tensor relation(const Tensor& rows, float scale, float gamma) {
+  return ops::add(ops::mul_scalar(ops::attention(rows, rows, rows, scale), gamma), rows);
+}
+}  // namespace
+
+Tensor relation_discrepancy(const Tensor& teacher_feature, const Tensor& student_feature, float gamma) {
+  ZSQ_CHECK(teacher_feature.shape() == student_feature.shape() && teacher_feature.dim() == 4,
+            "relation_discrepancy: features must be equal 4-D shapes, got {} and {}", teacher_feature.str(),
+            student_feature.str());
+  const auto B = teacher_feature.size(0), C = teacher_feature.size(1);
+  const auto N = teacher_feature.size(2) * teacher_feature.size(3);
+  Tensor total;
+  for (bool spatial : {false, true}) {
+    Tensor rp, rq;
+    for (int which = 0; which < 2; ++which) {
+      Tensor y = ops::normalize_channels(which == 0 ? teacher_feature : student_feature);
+      // Spatial: rows are positions ([B, N, C]); channel: rows are channels ([B, C, N]), scale -1.
+      Tensor rows = spatial ? ops::positions_as_rows(y) : ops::reshape(y, {B, C, N});
+      (which == 0 ? rp : rq) = relation(rows, spatial ? 1.0f : -1.0f, gamma);
+    }
+    Tensor term = ops::l1(rq, rp);
+    total = total.defined() ? ops::add(total, term) : term;
+  }
+  return total;
+}
+
+ZaqTrainer::ZaqTrainer(models::Classifier& teacher, Student& student, const ZaqOptions& options)
+    : teacher_(teacher), student_(student), options_(options) {
+  ZSQ_CHECK(options.epochs > 0 && options.iterations > 0 && options.batch > 1 && options.q_steps > 0,
+            "zaq: epochs, iterations, q_steps must be positive and batch > 1");
+  teacher_.eval();
+  teacher_.set_requires_grad(false);
+  Rng init(options.seed ^ 0x7a6171ULL);
+  generator_ = std::make_unique<models::Generator>(models::GeneratorConfig::zaq(1), init);
+  g_optim_ = std::make_unique<Adam>(generator_->parameters(), AdamOptions{.lr = options.g_lr});
+  student_.model().set_requires_grad(true);
+  q_optim_ =
+      std::make_unique<Sgd>(student_.model().parameters(), SgdOptions{.lr = options.q_lr,
+                                                                      .momentum = options.q_momentum,
+                                                                      .weight_decay = options.q_weight_decay,
+                                                                      .nesterov = !options.student_bn_train});
+}
+
+void ZaqTrainer::begin_epoch(std::int64_t epoch) {
+  MultiStepSchedule q_lr(options_.q_lr, options_.lr_milestones, 0.1f),
+      g_lr(options_.g_lr, options_.lr_milestones, 0.1f);
+  q_optim_->set_lr(q_lr.at(epoch));
+  g_optim_->set_lr(g_lr.at(epoch));
+  if (options_.freeze_epochs >= 0 && epoch >= options_.freeze_epochs)
+    student_.freeze_ranges();
+  else
+    student_.unfreeze_ranges();
+  student_.set_phase(Phase::quantized);
+  if (options_.student_bn_train)
+    student_.model().train();
+  else
+    student_.model().eval();  // fixed BN statistics; BN affine parameters still train
+}
+
+ZaqIteration ZaqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, Rng& rng) {
+  ZaqIteration r;
+  r.epoch = epoch;
+  r.iteration = iteration;
+  const auto latent = generator_->config().latent;
+  auto discrepancies = [&](const Tensor& x, bool teacher_grad, Tensor& d_o, Tensor& d_f,
+                           Tensor* teacher_last) {
+    Tensor p_logits, q_logits;
+    std::vector<Tensor> p_feats;
+    if (teacher_grad) {
+      p_feats = teacher_.forward_features(x, p_logits);
+    } else {
+      NoGrad no_grad;
+      p_feats = teacher_.forward_features(x, p_logits);
+    }
+    auto q_feats = student_.model().forward_features(x, q_logits);
+    d_o = output_discrepancy(p_logits, q_logits);
+    for (std::size_t s = 0; s < p_feats.size(); ++s) {
+      Tensor term = relation_discrepancy(p_feats[s], q_feats[s], options_.gamma);
+      d_f = d_f.defined() ? ops::add(d_f, term) : term;
+    }
+    if (teacher_last != nullptr) *teacher_last = p_feats.back();
+  };
+
+  generator_->train();
+  for (std::int64_t k = 0; k < options_.q_steps; ++k) {
+    Tensor x;
+    {
+      NoGrad no_grad;
+      x = generator_->forward(randn({options_.batch, latent}, rng));
+    }
+    Tensor d_o, d_f;
+    discrepancies(x, false, d_o, d_f, nullptr);
+    Tensor loss = ops::add(d_o, ops::mul_scalar(d_f, options_.alpha));
+    r.q_loss = loss.item(), r.q_output = d_o.item(), r.q_feature = d_f.item();
+    ZSQ_CHECK(std::isfinite(r.q_loss), "zaq: student loss became {} at epoch {} iteration {}", r.q_loss,
+              epoch + 1, iteration + 1);
+    q_optim_->zero_grad();
+    loss.backward();
+    q_optim_->step();
+  }
+
+  Tensor x = generator_->forward(randn({options_.batch, latent}, rng));
+  Tensor d_o, d_f, last;
+  discrepancies(x, true, d_o, d_f, &last);
+  Tensor activation = ops::mean(ops::relu(last));  // |F| = F after the stage's ReLU
+  Tensor g_loss = ops::mul_scalar(ops::add(ops::add(d_o, ops::mul_scalar(d_f, options_.alpha)),
+                                           ops::mul_scalar(activation, options_.beta)),
+                                  -1.0f);
+  r.g_loss = g_loss.item(), r.g_output = d_o.item(), r.g_feature = d_f.item(),
+  r.g_activation = activation.item();
+  ZSQ_CHECK(std::isfinite(r.g_loss), "zaq: generator loss became {} at epoch {} iteration {}", r.g_loss,
+            epoch + 1, iteration + 1);
+  g_optim_->zero_grad();
+  g_loss.backward();
+  g_optim_->step();
+  q_optim_
+      ->zero_grad();  // the G-step left gradients on Q's parameters; they must not leak into its next step
+  return r;
+}
+
+void ZaqTrainer::run(const std::function<void(const ZaqIteration&)>& on_iteration,
+                     const std::function<void(std::int64_t)>& on_epoch_end) {
+  for (std::int64_t epoch = epochs_done_; epoch < options_.epochs; ++epoch) {
+    begin_epoch(epoch);
+    Rng rng(options_.seed * 0x9e3779b97f4a7c15ULL + static_cast<std::uint64_t>(epoch) + 7);
+    for (std::int64_t it = 0; it < options_.iterations; ++it) {
+      auto r = iterate(epoch, it, rng);
+      if (on_iteration) on_iteration(r);
+    }
+    epochs_done_ = epoch + 1;
+    student_.freeze_ranges();
+    student_.model().eval();
+    if (on_epoch_end) on_epoch_end(epochs_done_);
+  }
+}
+
+void ZaqTrainer::save_state(Checkpoint& ckpt) const {
+  save_trainer_state(ckpt, "zaq", epochs_done_, {*generator_, *g_optim_, *q_optim_, student_});
+}
+
+void ZaqTrainer::load_state(const Checkpoint& ckpt) {
+  epochs_done_ = load_trainer_state(ckpt, "zaq", {*generator_, *g_optim_, *q_optim_, student_});
+}
+
+}  // namespace zsq::quant

@@ -1,0 +1,78 @@
+// ZAQ (Liu, Zhang, Wang; CVPR 2021; ALGORITHMS.md §1): an adversarial loop. The unconditional
+// generator maximizes the discrepancy between teacher P and fake-quantized student Q, at the output
+// (L1 on logits) and at the features (channel and spatial relation maps of each stage output), plus an
+// activation regularizer on P's last stage; Q minimizes the discrepancy on detached samples.
+//   Q-step (q_steps per iteration): L_Q = D_o + alpha * D_f
+//   G-step: L_G = -D_o - alpha * D_f - beta * mean|F_P^last|, gradients through P and through Q's STE.
+// The spatial relation is softmax attention over positions, computed by ops::attention without ever
+// materializing the N x N map; the channel relation is attention over channels with scale -1
+// (softmax(rowmax(E) - E) = softmax(-E)).
+// Stability options (§8 reports the reference configuration diverging): student BN mode, Q learning
+// rate, and freezing the activation ranges after `freeze_epochs` (the reference never freezes).
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/checkpoint.h"
+#include "engine/optim.h"
+#include "models/generator.h"
+#include "quant/student.h"
+
+namespace zsq::quant {
+
+struct ZaqOptions {
+  std::int64_t epochs = 300;
+  std::int64_t iterations = 60;  // per epoch
+  std::int64_t batch = 256;
+  std::int64_t q_steps = 5;
+  float q_lr = 0.1f;
+  float q_momentum = 0.9f;
+  float q_weight_decay = 5e-4f;
+  float g_lr = 1e-3f;
+  std::vector<std::int64_t> lr_milestones{100, 200};
+  float alpha = 1.0f;               // feature discrepancy weight
+  float beta = 0.1f;                // activation regularizer weight
+  float gamma = 0.1f;               // relation-map residual weight
+  bool student_bn_train = true;     // the reference keeps Q's BN in train mode
+  std::int64_t freeze_epochs = -1;  // < 0: ranges never frozen (the reference)
+  std::uint64_t seed = 0;
+
+  // "paper": the reference configuration above. "quick" (< 10 min on 2 cores) and "standard" (~1 h)
+  // use the stable settings: Q's BN fixed (eval), Q lr 1e-4 with Nesterov, ranges frozen after epoch 1.
+  static ZaqOptions budget(const std::string& name);
+};
+
+// Per-stage relation discrepancy: mean|R_c(Q) - R_c(P)| + mean|R_s(Q) - R_s(P)|.
+Tensor relation_discrepancy(const Tensor& teacher_feature, const Tensor& student_feature, float gamma);
+
+struct ZaqIteration {
+  std::int64_t epoch = 0, iteration = 0;
+  float q_loss = 0, q_output = 0, q_feature = 0;  // last Q-step
+  float g_loss = 0, g_output = 0, g_feature = 0, g_activation = 0;
+};
+
+class ZaqTrainer {
+ public:
+  ZaqTrainer(models::Classifier& teacher, Student& student, const ZaqOptions& options);
+  void run(const std::function<void(const ZaqIteration&)>& on_iteration,
+           const std::function<void(std::int64_t epochs_done)>& on_epoch_end);
+  ZaqIteration iterate(std::int64_t epoch, std::int64_t iteration, Rng& rng);
+  std::int64_t epochs_done() const { return epochs_done_; }
+  models::Generator& generator() { return *generator_; }
+  void save_state(Checkpoint& checkpoint) const;
+  void load_state(const Checkpoint& checkpoint);
+
+ private:
+  void begin_epoch(std::int64_t epoch);
+  models::Classifier& teacher_;
+  Student& student_;
+  ZaqOptions options_;
+  std::unique_ptr<models::Generator> generator_;
+  std::unique_ptr<Adam> g_optim_;
+  std::unique_ptr<Sgd> q_optim_;
+  std::int64_t epochs_done_ = 0;
+};
+
+}  // namespace zsq::quant
