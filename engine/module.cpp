@@ -19,6 +19,15 @@ void Module::collect(const std::string& prefix, bool params, bool buffers,
   for (const auto& [name, child] : children_) child->collect(prefix + name + ".", params, buffers, out);
 }
 
+void Module::for_each_descendant(const std::function<void(const std::string&, Module&)>& visit,
+                                 const std::string& prefix) {
+  for (auto& [name, child] : children_) {
+    const std::string path = prefix.empty() ? name : prefix + "." + name;
+    visit(path, *child);
+    child->for_each_descendant(visit, path);
+  }
+}
+
 std::vector<std::pair<std::string, Tensor>> Module::named_parameters() const {
   std::vector<std::pair<std::string, Tensor>> out;
   collect("", true, false, out);

@@ -2,6 +2,7 @@
 // statistics) and child modules, with a train/eval switch. Names are dotted paths ("stage1.0.conv1.weight")
 // and are what checkpoints store.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -39,6 +40,10 @@ class Module {
   void load_state(const std::vector<std::pair<std::string, Tensor>>& state, const std::string& source);
 
   const std::vector<std::pair<std::string, std::shared_ptr<Module>>>& children() const { return children_; }
+  // Visits every descendant depth-first in registration order (the forward order of our models) with
+  // its dotted path, e.g. "stage1.0.conv2".
+  void for_each_descendant(const std::function<void(const std::string& path, Module& module)>& visit,
+                           const std::string& prefix = "");
 
  protected:
   Tensor register_parameter(const std::string& name, Tensor t);

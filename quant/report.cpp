@@ -34,21 +34,13 @@ double cosine_similarity(const Tensor& a, const Tensor& b) {
 }
 
 namespace {
-template <typename F>
-void walk(Module& m, const std::string& prefix, F&& visit) {
-  for (auto& [name, child] : m.children()) {
-    const std::string path = prefix.empty() ? name : prefix + "." + name;
-    visit(path, *child);
-    walk(*child, path, visit);
-  }
-}
 
 // Runs `model` on `inputs` and returns the output of every post-ReLU ConvBnAct unit by path, after
 // whatever quantizer the unit already has.
 std::map<std::string, Tensor> capture(models::Classifier& model, const Tensor& inputs, Tensor& logits) {
   std::map<std::string, Tensor> seen;
   std::vector<std::pair<models::ConvBnAct*, models::TensorTransform>> saved;
-  walk(model, "", [&](const std::string& path, Module& m) {
+  model.for_each_descendant([&](const std::string& path, Module& m) {
     if (auto* unit = dynamic_cast<models::ConvBnAct*>(&m)) {
       saved.emplace_back(unit, unit->output_quantizer);
       auto inner = unit->output_quantizer;

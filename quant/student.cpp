@@ -7,18 +7,6 @@
 
 namespace zsq::quant {
 
-namespace {
-// Depth-first walk with dotted module paths, in registration order (the forward order of our models).
-template <typename F>
-void walk(Module& m, const std::string& prefix, F&& visit) {
-  for (auto& [name, child] : m.children()) {
-    const std::string path = prefix.empty() ? name : prefix + "." + name;
-    visit(path, *child);
-    walk(*child, path, visit);
-  }
-}
-}  // namespace
-
 Student::Student(const models::ModelSpec& spec, const models::Classifier& teacher, const QConfig& config)
     : spec_(spec), config_(config) {
   config_.validate();
@@ -32,7 +20,7 @@ Student::Student(const models::ModelSpec& spec, const models::Classifier& teache
 
 void Student::install_hooks() {
   std::vector<std::pair<std::string, Module*>> convs;
-  walk(*model_, "", [&](const std::string& path, Module& m) {
+  model_->for_each_descendant([&](const std::string& path, Module& m) {
     if (auto* unit = dynamic_cast<models::ConvBnAct*>(&m)) {
       ActivationSite site;
       site.name = path;

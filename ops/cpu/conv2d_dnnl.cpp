@@ -74,8 +74,7 @@ dnnl::convolution_forward::primitive_desc& forward_pd(const ConvDescs& d, bool t
                            : dnnl::convolution_forward::desc(prop, dnnl::algorithm::convolution_direct, d.src,
                                                              d.weights_any, d.dst, d.strides, d.dilates,
                                                              d.pad_l, d.pad_r);
-        return dnnl::convolution_forward::primitive_desc(desc, epilogue_attr(epilogue),
-                                                         cpu::dnnl_engine());
+        return dnnl::convolution_forward::primitive_desc(desc, epilogue_attr(epilogue), cpu::dnnl_engine());
       });
 }
 
