@@ -6,7 +6,6 @@
 #include "ops/elementwise.h"
 #include "ops/loss.h"
 #include "quant/losses.h"
-#include "quant/methods/trainer_state.h"
 
 namespace zsq::quant {
 
@@ -27,19 +26,17 @@ GdfqOptions GdfqOptions::budget(const std::string& name) {
 }
 
 GdfqTrainer::GdfqTrainer(models::Classifier& teacher, Student& student, const GdfqOptions& options)
-    : teacher_(teacher), student_(student), options_(options) {
+    : GenerativeTrainer("gdfq", teacher, student, options.epochs, options.iterations, options.seed, 1),
+      options_(options) {
   ZSQ_CHECK(options.epochs > 0 && options.iterations > 0 && options.batch > 1,
             "gdfq: epochs, iterations and batch "
             "must be positive (batch > 1 for batch statistics)");
-  teacher_.eval();
-  teacher_.set_requires_grad(false);  // gradients reach G through the frozen teacher's input only
   Rng init(options.seed ^ 0x6764667175ULL);
   auto config = models::GeneratorConfig::gdfq(teacher.num_classes(), 1);
   generator_ = std::make_unique<models::Generator>(config, init);
   g_optim_ = std::make_unique<Adam>(generator_->parameters(), AdamOptions{.lr = options.g_lr, .beta1 = 0.5f});
   // Q in eval mode throughout (fixed BN statistics); every parameter, BN affine included, trains.
   student_.model().eval();
-  student_.model().set_requires_grad(true);
   q_optim_ =
       std::make_unique<Sgd>(student_.model().parameters(), SgdOptions{.lr = options.q_lr,
                                                                       .momentum = options.q_momentum,
@@ -105,29 +102,6 @@ GdfqIteration GdfqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, R
     r.student_updated = true;
   }
   return r;
-}
-
-void GdfqTrainer::run(const std::function<void(const GdfqIteration&)>& on_iteration,
-                      const std::function<void(std::int64_t)>& on_epoch_end) {
-  for (std::int64_t epoch = epochs_done_; epoch < options_.epochs; ++epoch) {
-    begin_epoch(epoch);
-    Rng rng(options_.seed * 0x9e3779b97f4a7c15ULL + static_cast<std::uint64_t>(epoch) + 1);
-    for (std::int64_t it = 0; it < options_.iterations; ++it) {
-      auto r = iterate(epoch, it, rng);
-      if (on_iteration) on_iteration(r);
-    }
-    epochs_done_ = epoch + 1;
-    student_.freeze_ranges();  // evaluation and checkpoints see fixed ranges
-    if (on_epoch_end) on_epoch_end(epochs_done_);
-  }
-}
-
-void GdfqTrainer::save_state(Checkpoint& ckpt) const {
-  save_trainer_state(ckpt, "gdfq", epochs_done_, {*generator_, *g_optim_, *q_optim_, student_});
-}
-
-void GdfqTrainer::load_state(const Checkpoint& ckpt) {
-  epochs_done_ = load_trainer_state(ckpt, "gdfq", {*generator_, *g_optim_, *q_optim_, student_});
 }
 
 }  // namespace zsq::quant

@@ -18,6 +18,7 @@
 #include "engine/checkpoint.h"
 #include "engine/optim.h"
 #include "models/generator.h"
+#include "quant/methods/generative_trainer.h"
 #include "quant/student.h"
 
 namespace zsq::quant {
@@ -50,31 +51,14 @@ struct GdfqIteration {
   bool student_updated = false;
 };
 
-class GdfqTrainer {
+class GdfqTrainer : public GenerativeTrainer<GdfqIteration> {
  public:
   GdfqTrainer(models::Classifier& teacher, Student& student, const GdfqOptions& options);
-
-  // Runs the remaining epochs; `on_iteration` sees every iteration, `on_epoch_end(epoch)` runs after each
-  // epoch (checkpointing, evaluation). Returns when all epochs are done.
-  void run(const std::function<void(const GdfqIteration&)>& on_iteration,
-           const std::function<void(std::int64_t epochs_done)>& on_epoch_end);
-  GdfqIteration iterate(std::int64_t epoch, std::int64_t iteration, Rng& rng);
-
-  std::int64_t epochs_done() const { return epochs_done_; }
-  models::Generator& generator() { return *generator_; }
-  // Generator, student, optimizers and observers, plus the epoch count, for exact resume.
-  void save_state(Checkpoint& checkpoint) const;
-  void load_state(const Checkpoint& checkpoint);
+  GdfqIteration iterate(std::int64_t epoch, std::int64_t iteration, Rng& rng) override;
 
  private:
-  void begin_epoch(std::int64_t epoch);
-  models::Classifier& teacher_;
-  Student& student_;
+  void begin_epoch(std::int64_t epoch) override;
   GdfqOptions options_;
-  std::unique_ptr<models::Generator> generator_;
-  std::unique_ptr<Adam> g_optim_;
-  std::unique_ptr<Sgd> q_optim_;
-  std::int64_t epochs_done_ = 0;
 };
 
 }  // namespace zsq::quant

@@ -9,7 +9,6 @@
 #include "ops/loss.h"
 #include "ops/reduce.h"
 #include "quant/losses.h"
-#include "quant/methods/trainer_state.h"
 
 namespace zsq::quant {
 
@@ -60,15 +59,13 @@ Tensor relation_discrepancy(const Tensor& teacher_feature, const Tensor& student
 }
 
 ZaqTrainer::ZaqTrainer(models::Classifier& teacher, Student& student, const ZaqOptions& options)
-    : teacher_(teacher), student_(student), options_(options) {
+    : GenerativeTrainer("zaq", teacher, student, options.epochs, options.iterations, options.seed, 7),
+      options_(options) {
   ZSQ_CHECK(options.epochs > 0 && options.iterations > 0 && options.batch > 1 && options.q_steps > 0,
             "zaq: epochs, iterations, q_steps must be positive and batch > 1");
-  teacher_.eval();
-  teacher_.set_requires_grad(false);
   Rng init(options.seed ^ 0x7a6171ULL);
   generator_ = std::make_unique<models::Generator>(models::GeneratorConfig::zaq(1), init);
   g_optim_ = std::make_unique<Adam>(generator_->parameters(), AdamOptions{.lr = options.g_lr});
-  student_.model().set_requires_grad(true);
   q_optim_ =
       std::make_unique<Sgd>(student_.model().parameters(), SgdOptions{.lr = options.q_lr,
                                                                       .momentum = options.q_momentum,
@@ -151,30 +148,6 @@ ZaqIteration ZaqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, Rng
   q_optim_
       ->zero_grad();  // the G-step left gradients on Q's parameters; they must not leak into its next step
   return r;
-}
-
-void ZaqTrainer::run(const std::function<void(const ZaqIteration&)>& on_iteration,
-                     const std::function<void(std::int64_t)>& on_epoch_end) {
-  for (std::int64_t epoch = epochs_done_; epoch < options_.epochs; ++epoch) {
-    begin_epoch(epoch);
-    Rng rng(options_.seed * 0x9e3779b97f4a7c15ULL + static_cast<std::uint64_t>(epoch) + 7);
-    for (std::int64_t it = 0; it < options_.iterations; ++it) {
-      auto r = iterate(epoch, it, rng);
-      if (on_iteration) on_iteration(r);
-    }
-    epochs_done_ = epoch + 1;
-    student_.freeze_ranges();
-    student_.model().eval();
-    if (on_epoch_end) on_epoch_end(epochs_done_);
-  }
-}
-
-void ZaqTrainer::save_state(Checkpoint& ckpt) const {
-  save_trainer_state(ckpt, "zaq", epochs_done_, {*generator_, *g_optim_, *q_optim_, student_});
-}
-
-void ZaqTrainer::load_state(const Checkpoint& ckpt) {
-  epochs_done_ = load_trainer_state(ckpt, "zaq", {*generator_, *g_optim_, *q_optim_, student_});
 }
 
 }  // namespace zsq::quant

@@ -18,6 +18,7 @@
 #include "engine/checkpoint.h"
 #include "engine/optim.h"
 #include "models/generator.h"
+#include "quant/methods/generative_trainer.h"
 #include "quant/student.h"
 
 namespace zsq::quant {
@@ -53,26 +54,14 @@ struct ZaqIteration {
   float g_loss = 0, g_output = 0, g_feature = 0, g_activation = 0;
 };
 
-class ZaqTrainer {
+class ZaqTrainer : public GenerativeTrainer<ZaqIteration> {
  public:
   ZaqTrainer(models::Classifier& teacher, Student& student, const ZaqOptions& options);
-  void run(const std::function<void(const ZaqIteration&)>& on_iteration,
-           const std::function<void(std::int64_t epochs_done)>& on_epoch_end);
-  ZaqIteration iterate(std::int64_t epoch, std::int64_t iteration, Rng& rng);
-  std::int64_t epochs_done() const { return epochs_done_; }
-  models::Generator& generator() { return *generator_; }
-  void save_state(Checkpoint& checkpoint) const;
-  void load_state(const Checkpoint& checkpoint);
+  ZaqIteration iterate(std::int64_t epoch, std::int64_t iteration, Rng& rng) override;
 
  private:
-  void begin_epoch(std::int64_t epoch);
-  models::Classifier& teacher_;
-  Student& student_;
+  void begin_epoch(std::int64_t epoch) override;
   ZaqOptions options_;
-  std::unique_ptr<models::Generator> generator_;
-  std::unique_ptr<Adam> g_optim_;
-  std::unique_ptr<Sgd> q_optim_;
-  std::int64_t epochs_done_ = 0;
 };
 
 }  // namespace zsq::quant
