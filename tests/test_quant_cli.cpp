@@ -191,3 +191,62 @@ TEST_CASE("bad quantize flags are refused") {
   CHECK(r.code == 1);
   CHECK(r.err.find("/nonexistent.safetensors") != std::string::npos);
 }
+
+TEST_CASE("export --int: a deploy student becomes an integer model that eval and bench run") {
+  const auto out = (work_dir() / "run_deploy").string();
+  auto r = run("", fmt::format("quantize --teacher {} --method gaussian --wbits 4 --abits 4 --convention deploy "
+                               "--out {} --calib-images 32",
+                               small_teacher(), out));
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  const auto int_model = out + "/int.safetensors";
+  // Export reads no data either.
+  r = run(no_data_env(), fmt::format("export --int {}/student.safetensors --out {} --json", out, int_model));
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  auto j = nlohmann::json::parse(r.out);
+  CHECK(j.at("input_zero_point") == 73);
+  bool packed = false;
+  for (const auto& layer : j.at("layers")) packed = packed || layer.at("storage") == "packed int4";
+  CHECK(packed);
+  CHECK(Checkpoint(load_checkpoint(int_model)).metadata.at("zsq.format") == "zsq-int-v1");
+
+  r = run("", fmt::format("bench infer --model {} --batch 4 --warmup 1 --steps 2 --json", int_model));
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  j = nlohmann::json::parse(r.out);
+  CHECK(j.at("integer") == true);
+  CHECK(j.at("rows").size() == 2);
+  CHECK(j.at("rows")[1].at("p99_ms").get<double>() >= j.at("rows")[1].at("p50_ms").get<double>());
+  CHECK(j.at("implementations").at("stem").get<std::string>().find("avx512") != std::string::npos);
+  r = run("", fmt::format("bench infer --model {} --int8 --batch 4 --warmup 1 --steps 2 --json", small_teacher()));
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  CHECK(nlohmann::json::parse(r.out).at("integer") == true);
+
+  if (fs::exists("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")) {
+    r = run("", fmt::format("eval {} --json", int_model));
+    REQUIRE_MESSAGE(r.code == 0, r.err);
+    j = nlohmann::json::parse(r.out);
+    CHECK(j.at("integer") == true);
+    CHECK(j.at("n") == 10000);
+  }
+
+  // Refusals, each one line naming what is wrong.
+  r = run("", fmt::format("export --int {} --out {}/x.safetensors", small_teacher(), out));
+  CHECK(r.code == 1);
+  CHECK(r.err.find("not a quantized student") != std::string::npos);
+  const auto paper = (work_dir() / "run_paper").string();
+  REQUIRE(run("", fmt::format("quantize --teacher {} --method gaussian --wbits 8 --abits 8 --out {} --calib-images 16",
+                              small_teacher(), paper))
+              .code == 0);
+  r = run("", fmt::format("export --int {}/student.safetensors --out {}/x.safetensors", paper, out));
+  CHECK(r.code == 1);
+  CHECK(r.err.find("--convention deploy") != std::string::npos);
+  r = run("", fmt::format("bench infer --model {} --device cuda", int_model));
+  CHECK(r.code == 1);
+  CHECK(r.err.find("CUDA") != std::string::npos);
+  r = run("", fmt::format("bench infer --model {} --int8", int_model));
+  CHECK(r.code == 1);
+  CHECK(r.err.find("--int4") != std::string::npos);
+  fs::resize_file(int_model, fs::file_size(int_model) - 100);
+  r = run("", fmt::format("eval {}", int_model));
+  CHECK(r.code == 1);
+  CHECK(r.err.find(int_model) != std::string::npos);
+}

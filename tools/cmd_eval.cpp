@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "models/model_file.h"
+#include "quant/integer_runner.h"
 #include "quant/report.h"
 #include "quant/student.h"
 #include "tools/commands.h"
@@ -11,14 +12,37 @@
 
 namespace zsq::cli {
 
+namespace {
+struct EvalOptions {
+  CommonOptions common;
+  std::string model, data, report_dir;
+  std::int64_t batch = 500;
+  bool json = false;
+};
+
+// An exported integer model runs on the integer kernels (quant::IntegerRunner), not on fake quantization.
+void eval_integer_model(const EvalOptions& o, const Checkpoint& checkpoint) {
+  quant::IntegerRunner runner(quant::integer_model_from_checkpoint(checkpoint));
+  const auto& m = runner.model();
+  const auto test = load_fashion_mnist(o.data, Split::test);
+  const auto r = evaluate_forward([&](const Tensor& x) { return runner.forward(x); }, test, o.batch, !o.json);
+  const auto kind = fmt::format("integer, weights {}-{} bits", m.min_weight_bits(), m.max_weight_bits());
+  if (o.json) {
+    nlohmann::json j{{"accuracy", r.accuracy}, {"n", r.n},           {"loss", r.loss},
+                     {"model", o.model},       {"arch", m.arch},     {"integer", true},
+                     {"min_weight_bits", m.min_weight_bits()},      {"max_weight_bits", m.max_weight_bits()},
+                     {"seconds", r.seconds},   {"img_per_s", static_cast<double>(r.n) / r.seconds},
+                     {"threads", omp_get_max_threads()}};
+    fmt::print("{}\n", j.dump());
+  } else {
+    fmt::print("{} ({}, {}): test accuracy {:.2f}% on {} images, loss {:.4f}, {:.1f}s\n", o.model, m.arch, kind,
+               100.0 * r.accuracy, r.n, r.loss, r.seconds);
+  }
+}
+}  // namespace
+
 void add_eval_command(CLI::App& app) {
-  struct Options {
-    CommonOptions common;
-    std::string model, data, report_dir;
-    std::int64_t batch = 500;
-    bool json = false;
-  };
-  auto options = std::make_shared<Options>();
+  auto options = std::make_shared<EvalOptions>();
   options->data = default_data_dir();
   auto* verb = app.add_subcommand("eval", "Test accuracy of a model file on Fashion-MNIST");
   verb->add_option("FILE", options->model, "Model file (.safetensors)")->required();
@@ -35,6 +59,12 @@ void add_eval_command(CLI::App& app) {
   verb->callback([options] {
     apply_common_options(options->common);
     const Checkpoint checkpoint = load_checkpoint(options->model);
+    if (quant::is_integer_model_checkpoint(checkpoint)) {
+      ZSQ_CHECK(options->report_dir.empty(), "--report takes the fake-quant student, {} is an integer model",
+                options->model);
+      eval_integer_model(*options, checkpoint);
+      return;
+    }
     const bool quantized = quant::Student::is_student_checkpoint(checkpoint);
     std::unique_ptr<quant::Student> student;
     models::LoadedModel loaded;

@@ -24,10 +24,17 @@ std::int64_t count_correct(const Tensor& logits, const Tensor& labels) {
 
 EvalResult evaluate(models::Classifier& model, const FashionMnist& data, std::int64_t batch_size,
                     bool show_progress) {
-  const auto start = std::chrono::steady_clock::now();
   const bool was_training = model.is_training();
   model.eval();
   NoGrad no_grad;
+  const auto r = evaluate_forward([&](const Tensor& x) { return model.forward(x); }, data, batch_size, show_progress);
+  model.train(was_training);
+  return r;
+}
+
+EvalResult evaluate_forward(const std::function<Tensor(const Tensor&)>& forward, const FashionMnist& data,
+                            std::int64_t batch_size, bool show_progress) {
+  const auto start = std::chrono::steady_clock::now();
   BatchLoader loader(data, batch_size, false, false, Rng(0));
   Progress progress("eval", loader.batches_per_epoch(), "img");
   EvalResult r;
@@ -35,13 +42,12 @@ EvalResult evaluate(models::Classifier& model, const FashionMnist& data, std::in
   double loss_sum = 0.0;
   std::int64_t correct = 0, batch = 0;
   while (loader.next(images, labels)) {
-    Tensor logits = model.forward(images);
+    Tensor logits = forward(images);
     correct += count_correct(logits, labels);
     loss_sum += static_cast<double>(ops::cross_entropy(logits, labels).item()) * images.size(0);
     r.n += images.size(0);
     if (show_progress) progress.update(++batch, "", static_cast<double>(batch_size));
   }
-  model.train(was_training);
   r.accuracy = r.n > 0 ? static_cast<double>(correct) / static_cast<double>(r.n) : 0.0;
   r.loss = r.n > 0 ? loss_sum / static_cast<double>(r.n) : 0.0;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

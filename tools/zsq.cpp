@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
   zsq::cli::add_inspect_command(app);
   zsq::cli::add_bench_command(app);
   zsq::cli::add_quantize_command(app);
+  zsq::cli::add_export_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
