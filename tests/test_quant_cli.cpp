@@ -194,9 +194,10 @@ TEST_CASE("bad quantize flags are refused") {
 
 TEST_CASE("export --int: a deploy student becomes an integer model that eval and bench run") {
   const auto out = (work_dir() / "run_deploy").string();
-  auto r = run("", fmt::format("quantize --teacher {} --method gaussian --wbits 4 --abits 4 --convention deploy "
-                               "--out {} --calib-images 32",
-                               small_teacher(), out));
+  auto r =
+      run("", fmt::format("quantize --teacher {} --method gaussian --wbits 4 --abits 4 --convention deploy "
+                          "--out {} --calib-images 32",
+                          small_teacher(), out));
   REQUIRE_MESSAGE(r.code == 0, r.err);
   const auto int_model = out + "/int.safetensors";
   // Export reads no data either.
@@ -216,7 +217,8 @@ TEST_CASE("export --int: a deploy student becomes an integer model that eval and
   CHECK(j.at("rows").size() == 2);
   CHECK(j.at("rows")[1].at("p99_ms").get<double>() >= j.at("rows")[1].at("p50_ms").get<double>());
   CHECK(j.at("implementations").at("stem").get<std::string>().find("avx512") != std::string::npos);
-  r = run("", fmt::format("bench infer --model {} --int8 --batch 4 --warmup 1 --steps 2 --json", small_teacher()));
+  r = run("", fmt::format("bench infer --model {} --int8 --batch 4 --warmup 1 --steps 2 --json",
+                          small_teacher()));
   REQUIRE_MESSAGE(r.code == 0, r.err);
   CHECK(nlohmann::json::parse(r.out).at("integer") == true);
 
@@ -233,9 +235,11 @@ TEST_CASE("export --int: a deploy student becomes an integer model that eval and
   CHECK(r.code == 1);
   CHECK(r.err.find("not a quantized student") != std::string::npos);
   const auto paper = (work_dir() / "run_paper").string();
-  REQUIRE(run("", fmt::format("quantize --teacher {} --method gaussian --wbits 8 --abits 8 --out {} --calib-images 16",
-                              small_teacher(), paper))
-              .code == 0);
+  REQUIRE(
+      run("", fmt::format(
+                  "quantize --teacher {} --method gaussian --wbits 8 --abits 8 --out {} --calib-images 16",
+                  small_teacher(), paper))
+          .code == 0);
   r = run("", fmt::format("export --int {}/student.safetensors --out {}/x.safetensors", paper, out));
   CHECK(r.code == 1);
   CHECK(r.err.find("--convention deploy") != std::string::npos);

@@ -36,7 +36,9 @@ struct Timing {
 
 Timing percentiles(std::vector<double> v) {
   std::sort(v.begin(), v.end());
-  auto at = [&](double q) { return v[std::min(v.size() - 1, static_cast<std::size_t>(q * double(v.size() - 1) + 0.5))]; };
+  auto at = [&](double q) {
+    return v[std::min(v.size() - 1, static_cast<std::size_t>(q * double(v.size() - 1) + 0.5))];
+  };
   const auto n = v.size();
   const double median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
   return {median, at(0.99), v.front()};
@@ -73,15 +75,16 @@ Subject load_subject(const BenchOptions& o, Rng& rng) {
       const auto& m = s.runner->model();
       ZSQ_CHECK(!o.int4 || m.min_weight_bits() <= 4, "--int4: {} has no weights of 4 bits or fewer", o.model);
       ZSQ_CHECK(!o.int8 || m.min_weight_bits() == 8,
-                "--int8: {} holds {}-bit weights (use --int4, or export a W8A8 student)", o.model, m.min_weight_bits());
+                "--int8: {} holds {}-bit weights (use --int4, or export a W8A8 student)", o.model,
+                m.min_weight_bits());
       s.description = fmt::format("{} integer (weights {}-{} bits) from {}", m.arch, m.min_weight_bits(),
                                   m.max_weight_bits(), o.model);
       s.in_channels = m.in_channels;
       return s;
     }
     ZSQ_CHECK(!quant::Student::is_student_checkpoint(ckpt),
-              "{} is a fake-quant student; benchmark its integer form: `zsq export --int {} --out MODEL`", o.model,
-              o.model);
+              "{} is a fake-quant student; benchmark its integer form: `zsq export --int {} --out MODEL`",
+              o.model, o.model);
     auto loaded = models::model_from_checkpoint(ckpt);
     s.model = loaded.model;
     s.description = loaded.spec.name + " from " + o.model;
@@ -102,8 +105,10 @@ Subject load_subject(const BenchOptions& o, Rng& rng) {
     }
     return s;
   }
-  ZSQ_CHECK(!(o.int8 || o.int4), "--int8/--int4 need a model file (a teacher or an exported integer model); '{}' "
-                                 "is not a file", o.model);
+  ZSQ_CHECK(!(o.int8 || o.int4),
+            "--int8/--int4 need a model file (a teacher or an exported integer model); '{}' "
+            "is not a file",
+            o.model);
   auto spec = models::resolve_model_spec(o.model);
   s.model = models::build_model(spec, rng);
   s.description = spec.name + " (random weights)";
@@ -117,7 +122,8 @@ void run_train(const BenchOptions& o, Subject& s, Rng& rng) {
   Tensor images = randn({o.batch, s.in_channels, 32, 32}, rng);
   Tensor labels = Tensor::empty({o.batch}, DType::s32);
   for (std::int64_t i = 0; i < o.batch; ++i)
-    labels.data<std::int32_t>()[i] = static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(model.num_classes())));
+    labels.data<std::int32_t>()[i] =
+        static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(model.num_classes())));
   Sgd sgd(model.parameters(), {.lr = 0.01f, .momentum = 0.9f, .weight_decay = 5e-4f, .nesterov = true});
   model.train(true);
   const auto t = time_steps(
@@ -130,15 +136,20 @@ void run_train(const BenchOptions& o, Subject& s, Rng& rng) {
       o.warmup, o.steps);
   const double img_per_s = static_cast<double>(o.batch) / t.p50;
   if (o.json) {
-    fmt::print("{}\n", nlohmann::json{{"mode", o.mode},         {"model", o.model},
-                                      {"batch", o.batch},       {"threads", omp_get_max_threads()},
-                                      {"steps", o.steps},       {"warmup", o.warmup},
-                                      {"median_ms", t.p50 * 1e3}, {"img_per_s", img_per_s},
+    fmt::print("{}\n", nlohmann::json{{"mode", o.mode},
+                                      {"model", o.model},
+                                      {"batch", o.batch},
+                                      {"threads", omp_get_max_threads()},
+                                      {"steps", o.steps},
+                                      {"warmup", o.warmup},
+                                      {"median_ms", t.p50 * 1e3},
+                                      {"img_per_s", img_per_s},
                                       {"min_ms", t.min * 1e3}}
                            .dump());
   } else {
-    fmt::print("{} train batch {} on {} threads: median {:.2f} ms/step, {:.0f} img/s ({} steps after {} warm-up)\n",
-               s.description, o.batch, omp_get_max_threads(), t.p50 * 1e3, img_per_s, o.steps, o.warmup);
+    fmt::print(
+        "{} train batch {} on {} threads: median {:.2f} ms/step, {:.0f} img/s ({} steps after {} warm-up)\n",
+        s.description, o.batch, omp_get_max_threads(), t.p50 * 1e3, img_per_s, o.steps, o.warmup);
   }
 }
 
@@ -189,9 +200,9 @@ void run_infer(const BenchOptions& o, Subject& s, Rng& rng) {
   }
   fmt::print("{} inference on {} threads ({})\n", s.description, omp_get_max_threads(), o.device);
   for (const auto& r : rows)
-    fmt::print("  batch {:>4}: p50 {:8.3f} ms  p99 {:8.3f} ms  {:8.0f} img/s  ({} steps)\n", r.at("batch").get<int>(),
-               r.at("p50_ms").get<double>(), r.at("p99_ms").get<double>(), r.at("img_per_s").get<double>(),
-               r.at("steps").get<int>());
+    fmt::print("  batch {:>4}: p50 {:8.3f} ms  p99 {:8.3f} ms  {:8.0f} img/s  ({} steps)\n",
+               r.at("batch").get<int>(), r.at("p50_ms").get<double>(), r.at("p99_ms").get<double>(),
+               r.at("img_per_s").get<double>(), r.at("steps").get<int>());
   if (s.runner) {
     fmt::print("  kernels:");
     std::map<std::string, int> counts;
@@ -204,8 +215,9 @@ void run_infer(const BenchOptions& o, Subject& s, Rng& rng) {
 void run_bench(const BenchOptions& o) {
   apply_common_options(o.common);
   ZSQ_CHECK(!(o.int8 && o.int4), "--int8 and --int4 are exclusive");
-  ZSQ_CHECK(o.device == "cpu", "--device cuda: this build has no CUDA inference path yet (the CUDA backend is "
-                               "issue 5); use --device cpu");
+  ZSQ_CHECK(o.device == "cpu",
+            "--device cuda: this build has no CUDA inference path yet (the CUDA backend is "
+            "issue 5); use --device cpu");
   ZSQ_CHECK(o.mode == "infer" || !(o.int8 || o.int4), "--int8/--int4 apply to `bench infer`");
   Rng rng = global_rng().fork(3);
   Subject s = load_subject(o, rng);
@@ -220,15 +232,20 @@ void add_bench_command(CLI::App& app) {
   auto o = std::make_shared<BenchOptions>();
   auto* verb = app.add_subcommand("bench", "Median img/s of a training step or of inference");
   verb->add_option("MODE", o->mode, "train or infer")->required()->check(CLI::IsMember({"train", "infer"}));
-  verb->add_option("--model", o->model, "Architecture name, or a model file (teacher, or integer model from "
-                                        "`zsq export --int`)")
+  verb->add_option("--model", o->model,
+                   "Architecture name, or a model file (teacher, or integer model from "
+                   "`zsq export --int`)")
       ->capture_default_str();
   verb->add_option("--batch", o->batch, "Batch size")->check(CLI::PositiveNumber)->capture_default_str();
   verb->add_option("--warmup", o->warmup, "Warm-up steps (not timed)")->capture_default_str();
   verb->add_option("--steps", o->steps, "Timed steps")->check(CLI::PositiveNumber)->capture_default_str();
-  verb->add_flag("--int8", o->int8, "Integer inference, 8-bit weights (a float file is quantized W8A8 first)");
-  verb->add_flag("--int4", o->int4, "Integer inference, 4-bit weights (a float file is quantized W4A4 first)");
-  verb->add_option("--device", o->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  verb->add_flag("--int8", o->int8,
+                 "Integer inference, 8-bit weights (a float file is quantized W8A8 first)");
+  verb->add_flag("--int4", o->int4,
+                 "Integer inference, 4-bit weights (a float file is quantized W4A4 first)");
+  verb->add_option("--device", o->device, "cpu or cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   verb->add_flag("--json", o->json, "Print one JSON object");
   add_common_options(verb, o->common);
   verb->callback([o] { run_bench(*o); });

@@ -28,15 +28,21 @@ void eval_integer_model(const EvalOptions& o, const Checkpoint& checkpoint) {
   const auto r = evaluate_forward([&](const Tensor& x) { return runner.forward(x); }, test, o.batch, !o.json);
   const auto kind = fmt::format("integer, weights {}-{} bits", m.min_weight_bits(), m.max_weight_bits());
   if (o.json) {
-    nlohmann::json j{{"accuracy", r.accuracy}, {"n", r.n},           {"loss", r.loss},
-                     {"model", o.model},       {"arch", m.arch},     {"integer", true},
-                     {"min_weight_bits", m.min_weight_bits()},      {"max_weight_bits", m.max_weight_bits()},
-                     {"seconds", r.seconds},   {"img_per_s", static_cast<double>(r.n) / r.seconds},
+    nlohmann::json j{{"accuracy", r.accuracy},
+                     {"n", r.n},
+                     {"loss", r.loss},
+                     {"model", o.model},
+                     {"arch", m.arch},
+                     {"integer", true},
+                     {"min_weight_bits", m.min_weight_bits()},
+                     {"max_weight_bits", m.max_weight_bits()},
+                     {"seconds", r.seconds},
+                     {"img_per_s", static_cast<double>(r.n) / r.seconds},
                      {"threads", omp_get_max_threads()}};
     fmt::print("{}\n", j.dump());
   } else {
-    fmt::print("{} ({}, {}): test accuracy {:.2f}% on {} images, loss {:.4f}, {:.1f}s\n", o.model, m.arch, kind,
-               100.0 * r.accuracy, r.n, r.loss, r.seconds);
+    fmt::print("{} ({}, {}): test accuracy {:.2f}% on {} images, loss {:.4f}, {:.1f}s\n", o.model, m.arch,
+               kind, 100.0 * r.accuracy, r.n, r.loss, r.seconds);
   }
 }
 }  // namespace

@@ -21,10 +21,12 @@ void add_export_command(CLI::App& app) {
   };
   auto o = std::make_shared<Options>();
   auto* verb = app.add_subcommand("export", "Convert a quantized student into an integer model");
-  verb->add_option("--int", o->student, "Student checkpoint from `zsq quantize --convention deploy`")->required();
+  verb->add_option("--int", o->student, "Student checkpoint from `zsq quantize --convention deploy`")
+      ->required();
   verb->add_option("--out", o->out, "Integer model file to write (.safetensors)")->required();
-  verb->add_option("--input-range", o->input_range,
-                   "LO HI: value range of the normalized input images (default: Fashion-MNIST black to white)")
+  verb->add_option(
+          "--input-range", o->input_range,
+          "LO HI: value range of the normalized input images (default: Fashion-MNIST black to white)")
       ->expected(2)
       ->capture_default_str();
   verb->add_flag("--json", o->json, "Print one JSON object describing the export");
@@ -33,8 +35,8 @@ void add_export_command(CLI::App& app) {
     apply_common_options(o->common);
     const Checkpoint checkpoint = load_checkpoint(o->student);
     ZSQ_CHECK(quant::Student::is_student_checkpoint(checkpoint),
-              "{}: not a quantized student; run `zsq quantize --teacher {} --convention deploy ...` first", o->student,
-              o->student);
+              "{}: not a quantized student; run `zsq quantize --teacher {} --convention deploy ...` first",
+              o->student, o->student);
     auto student = quant::Student::from_checkpoint(checkpoint);
     const auto model = quant::convert_to_integer(*student, {o->input_range[0], o->input_range[1], 32, 32});
     quant::save_integer_model(o->out, model);
@@ -58,8 +60,9 @@ void add_export_command(CLI::App& app) {
     }
     fmt::print("{:<20} {:>5} {:>12} {:>10}\n", "layer", "bits", "storage", "act grid");
     for (const auto* l : model.layers())
-      fmt::print("{:<20} {:>5} {:>12} {:>10}\n", l->name, l->weight_bits, l->weight_bits <= 4 ? "packed int4" : "int8",
-                 l == &model.fc                          ? std::string("f32 logits")
+      fmt::print("{:<20} {:>5} {:>12} {:>10}\n", l->name, l->weight_bits,
+                 l->weight_bits <= 4 ? "packed int4" : "int8",
+                 l == &model.fc                   ? std::string("f32 logits")
                  : l->name.ends_with(".shortcut") ? std::string("f32 (added)")
                                                   : fmt::format("u8 {}..{}", l->output.qmin, l->output.qmax));
     fmt::print("input: u8, scale {:.6g}, zero point {}; wrote {} ({} bytes)\n", model.input.scale,

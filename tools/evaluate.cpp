@@ -27,7 +27,8 @@ EvalResult evaluate(models::Classifier& model, const FashionMnist& data, std::in
   const bool was_training = model.is_training();
   model.eval();
   NoGrad no_grad;
-  const auto r = evaluate_forward([&](const Tensor& x) { return model.forward(x); }, data, batch_size, show_progress);
+  const auto r =
+      evaluate_forward([&](const Tensor& x) { return model.forward(x); }, data, batch_size, show_progress);
   model.train(was_training);
   return r;
 }
