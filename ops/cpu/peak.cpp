@@ -83,16 +83,20 @@ std::int64_t vnni_block(std::int64_t iters) {
 #undef ZSQ_X16
 #undef ZSQ_CHAINS_CLOBBER
 
-// Ops per second of `block` run by every thread for `blocks` blocks of kBlock iterations.
+// Ops per second of `block` run by every thread for `blocks` blocks of kBlock iterations: the sum of
+// the threads' own rates, each timed by itself, so a thread that another process delays (a busy
+// machine) lowers only its own share instead of stretching everyone's time to the slowest thread.
 double rate(std::int64_t (*block)(std::int64_t), std::int64_t blocks) {
-  std::int64_t total = 0;
-  const auto t0 = std::chrono::steady_clock::now();
+  double total = 0.0;
 #pragma omp parallel reduction(+ : total)
   {
-    for (std::int64_t b = 0; b < blocks; ++b) total += block(kBlock);
+    std::int64_t ops = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (std::int64_t b = 0; b < blocks; ++b) ops += block(kBlock);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    total += static_cast<double>(ops) / s;
   }
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return static_cast<double>(total) / s;
+  return total;
 }
 
 // ops_per_iter: what one loop iteration of `block` counts (all chains).
