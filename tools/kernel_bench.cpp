@@ -14,9 +14,9 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include "engine/rng.h"
+#include "ops/cpu/conv2d_int4.h"
 #include "ops/cpu/dnnl_context.h"
 #include "ops/cpu/gemm_int4.h"
-#include "ops/cpu/im2col_u8.h"
 #include "ops/cpu/matmul_int8_dnnl.h"
 #include "ops/cpu/peak.h"
 
@@ -221,7 +221,8 @@ void membound_rows(Bench& bench, std::int64_t kn, Rng& rng) {
   }
 }
 
-// One convolution in f32 (oneDNN), int8 (oneDNN: u8 src, s8 weights, s32 dst) and int4 (im2col + int4 GEMM).
+// One convolution in f32 (oneDNN), int8 (oneDNN: u8 src, s8 weights, s32 dst) and int4 (blocked
+// im2col + int4 GEMM, conv2d_int4.h).
 void conv_rows(Bench& bench, const ConvCase& c, std::int64_t batch, Rng& rng) {
   const std::int64_t oh = c.out_hw();
   const std::int64_t m = batch * oh * oh, n = c.cout, k = c.kernel * c.kernel * c.cin;
@@ -248,12 +249,8 @@ void conv_rows(Bench& bench, const ConvCase& c, std::int64_t batch, Rng& rng) {
                                .kh = c.kernel,
                                .kw = c.kernel,
                                .p = ops::Conv2dParams{c.stride, c.stride, c.pad, c.pad, 1, 1, 1}};
-  const bool direct = c.kernel == 1 && c.stride == 1 && c.pad == 0;  // A is the input itself
-  std::vector<std::uint8_t> a(direct ? 0 : static_cast<std::size_t>(m * k));
-  bench.add("conv", c.name, "int4", m, n, k, fmt::format("im2col + {}", cpu::kInt4KernelName), [&] {
-    if (!direct) cpu::im2col_nhwc_u8(x.data(), shape, 0, a.data());
-    cpu::gemm_u8s4s32(direct ? x.data() : a.data(), m, k, packed, y.data(), n);
-  });
+  bench.add("conv", c.name, "int4", m, n, k, cpu::kInt4ConvName,
+            [&] { cpu::conv2d_u8s4s32(x.data(), shape, 0, packed, y.data()); });
 }
 
 }  // namespace

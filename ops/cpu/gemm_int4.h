@@ -68,7 +68,8 @@ Int4PackedWeights pack_int4_weights_from_nibbles(std::span<const std::uint8_t> n
 // Back to a row-major int8 [N, K] array (tests, inspection).
 std::vector<std::int8_t> unpack_int4_weights(const Int4PackedWeights& w);
 
-// ---- kernels (AVX-512 VNNI, OpenMP over the current thread count) ----
+// ---- kernels (AVX-512 VNNI, OpenMP over the current thread count; on the calling thread alone when
+// called from inside a parallel region) ----
 
 // Whether this CPU runs the kernels below (they throw zsq::Error otherwise).
 bool has_avx512_vnni();

@@ -265,9 +265,11 @@ void run(const std::uint8_t* a, std::int64_t m, std::int64_t lda, const Int4Pack
   ZSQ_CHECK(m >= 0, "int4 gemm: negative row count {}", m);
   ZSQ_CHECK(lda >= w.k, "int4 gemm: lda={} is smaller than k={}", lda, w.k);
   if (m == 0) return;
-  const Plan plan = make_plan(m, w.col_blocks(), omp_get_max_threads());
+  // Called from inside a parallel region (e.g. a blocked convolution), run on the calling thread.
+  const bool nested = omp_in_parallel() != 0;
+  const Plan plan = make_plan(m, w.col_blocks(), nested ? 1 : omp_get_max_threads());
   const std::int64_t tasks = plan.m_tiles * plan.n_tiles;
-#pragma omp parallel for collapse(2) schedule(static) if (tasks > 1)
+#pragma omp parallel for collapse(2) schedule(static) if (tasks > 1 && !nested)
   for (std::int64_t mt = 0; mt < plan.m_tiles; ++mt)
     for (std::int64_t nt = 0; nt < plan.n_tiles; ++nt) {
       const std::int64_t m0 = mt * plan.row_tile, cb0 = nt * plan.col_tile;

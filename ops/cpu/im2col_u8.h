@@ -24,7 +24,14 @@ struct Im2colShape {
   std::int64_t cols() const { return kh * kw * c; }
 };
 
-// dst: rows() x cols() bytes, row-major and dense. OpenMP over output rows.
+// Throws zsq::Error unless the shape is a valid ungrouped convolution with at least one output pixel.
+void check_im2col_shape(const Im2colShape& s);
+
+// dst: rows() x cols() bytes, row-major and dense. OpenMP over output rows. Checks the shape.
 void im2col_nhwc_u8(const std::uint8_t* src, const Im2colShape& s, std::uint8_t pad_value, std::uint8_t* dst);
+// Rows [row_begin, row_end) only, into dst (row_end - row_begin rows), on the calling thread and without
+// checks: the building block of callers that im2col one cache-sized block at a time.
+void im2col_nhwc_u8_rows(const std::uint8_t* src, const Im2colShape& s, std::uint8_t pad_value,
+                         std::int64_t row_begin, std::int64_t row_end, std::uint8_t* dst);
 
 }  // namespace zsq::ops::cpu
