@@ -45,12 +45,12 @@ namespace {
 
 constexpr std::int64_t kMaxRunK = 32768;     // k values per int32 accumulation run (see above)
 constexpr std::int64_t kChunkSteps = 256;    // k-steps per chunk when row blocks share weights (2048 k)
-constexpr std::int64_t kRowTile = 96;        // rows per task when M is large (a multiple of every MR)
+constexpr std::int64_t kRowTile = 84;        // rows per task when M is large (a multiple of every MR)
 constexpr std::int64_t kColTileBlocks = 16;  // column blocks per task when M is large (256 columns)
 constexpr int kMaxNb = 4;
 constexpr int kMaxMr = 12;
-// Rows per micro-kernel for NB column blocks. GCC 12 spills accumulators beyond ~16 (measured: 8 x 3
-// with 24 accumulators ran at 70% of 4 x 3), so the tiles stay at 12-14 accumulators.
+// Rows per micro-kernel for NB column blocks. GCC 12 spills accumulators beyond ~16 (measured: tiles
+// of 24 accumulators ran at about 80% of the speed of 4 x 3), so the tiles stay at 12-14 accumulators.
 constexpr std::array<int, kMaxNb + 1> kRowsFor = {0, kMaxMr, 7, 4, 3};
 // Weights run ahead of use by this many blocks (1 KiB per stream) in the memory-bound kernels.
 constexpr std::int64_t kPrefetchBlocks = 16;
@@ -176,7 +176,7 @@ struct Plan {
 
 Plan make_plan(std::int64_t m, std::int64_t col_blocks, int threads) {
   Plan p;
-  // 3 column blocks x 4 rows keeps everything in registers; a row or three streams 4 panels at once.
+  // 4 rows x 3 column blocks by default; with at most 3 rows, 4 weight panels stream at once.
   p.nb = static_cast<int>(std::min<std::int64_t>(m <= kRowsFor[kMaxNb] ? kMaxNb : 3, col_blocks));
   p.mr = kRowsFor[static_cast<std::size_t>(p.nb)];
   if (m <= kRowTile) {
