@@ -248,6 +248,7 @@ void add_bench_command(CLI::App& app) {
       ->capture_default_str();
   verb->add_flag("--json", o->json, "Print one JSON object");
   add_common_options(verb, o->common);
+  add_bench_kernels_command(verb);
   verb->callback([o] { run_bench(*o); });
 }
 

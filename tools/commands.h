@@ -19,6 +19,8 @@ void add_train_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_inspect_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
+// `bench kernels` (tools/cmd_bench_kernels.cpp), a subcommand of the bench verb.
+void add_bench_kernels_command(CLI::App* bench);
 void add_quantize_command(CLI::App& app);
 void add_export_command(CLI::App& app);
 
