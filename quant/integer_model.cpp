@@ -7,7 +7,7 @@
 #include <set>
 
 #include "engine/check.h"
-#include "quant/nibbles.h"
+#include "ops/cpu/gemm_int4.h"
 
 namespace zsq::quant {
 
@@ -32,7 +32,7 @@ nlohmann::ordered_json layer_json(const IntLayer& l) {
 
 void add_layer_tensors(Checkpoint& ckpt, const IntLayer& l) {
   if (l.weight_bits <= 4) {
-    const auto packed = pack_nibbles(l.weight);
+    const auto packed = ops::cpu::pack_nibbles(l.weight);
     Tensor t = Tensor::empty({static_cast<std::int64_t>(packed.size())}, DType::u8);
     std::copy(packed.begin(), packed.end(), t.data<std::uint8_t>());
     ckpt.add(l.name + ".weight", t);
@@ -105,7 +105,7 @@ struct Reader {
     const auto n = l.weight_numel();
     if (l.weight_bits <= 4) {
       const Tensor& t = tensor(l.name + ".weight", DType::u8, {(n + 1) / 2});
-      l.weight = unpack_nibbles(t.data<std::uint8_t>(), n);
+      l.weight = ops::cpu::unpack_nibbles({t.data<std::uint8_t>(), static_cast<std::size_t>((n + 1) / 2)}, n);
     } else {
       const Tensor& t =
           tensor(l.name + ".weight", DType::s8, {l.out_channels, l.in_channels, l.kernel, l.kernel});

@@ -5,6 +5,7 @@
 
 #include "engine/check.h"
 #include "ops/conv2d_int8.h"
+#include "ops/cpu/conv2d_int4.h"
 
 namespace zsq::quant {
 
@@ -31,10 +32,34 @@ ops::Int8ConvEpilogue clipped_u8(const ActGrid& out) {
 
 }  // namespace
 
+// A 1x1 shortcut with packed 4-bit weights: zsq's int4 GEMM over the strided rows of the input, f32 out
+// in the block output's units (col_scale = requantization scale, col_bias = bias * that scale).
+struct Int4Shortcut {
+  ops::cpu::Int4PackedWeights weights;
+  ops::cpu::Im2colShape shape;
+  std::vector<float> scale, bias;
+
+  Int4Shortcut(const IntLayer& l, std::int64_t h, std::int64_t w, std::vector<float> requant)
+      : weights(ops::cpu::pack_int4_weights(l.weight.data(), l.out_channels, l.in_channels, l.in_channels)),
+        scale(std::move(requant)) {
+    shape.h = h;
+    shape.w = w;
+    shape.c = l.in_channels;
+    shape.p.stride_h = shape.p.stride_w = l.stride;
+    bias.resize(scale.size());
+    for (std::size_t o = 0; o < scale.size(); ++o) bias[o] = static_cast<float>(l.bias[o]) * scale[o];
+  }
+  void forward(std::int64_t batch, const std::uint8_t* src, float* dst) {
+    shape.n = batch;
+    ops::cpu::conv2d_u8s4f32(src, shape, 0, weights, {scale.data(), bias.data(), false}, dst);
+  }
+};
+
 struct IntegerRunner::Kernels {
   struct Block {
     ops::Int8Conv2d conv1, conv2;
     std::unique_ptr<ops::Int8Conv2d> shortcut;
+    std::unique_ptr<Int4Shortcut> shortcut_int4;
     std::int64_t in_h, in_w, out_h, out_w;
   };
   std::unique_ptr<ops::Int8Conv2d> stem;
@@ -64,12 +89,18 @@ IntegerRunner::IntegerRunner(IntegerModel model)
     const float h_scale = b.conv1.output.scale, out_scale = b.conv2.output.scale;
     auto e2 = clipped_u8(b.conv2.output);
     std::unique_ptr<ops::Int8Conv2d> shortcut;
+    std::unique_ptr<Int4Shortcut> shortcut_int4;
     if (b.shortcut) {
-      ops::Int8ConvEpilogue f32_out;
-      f32_out.u8_output = false;
-      shortcut = std::make_unique<ops::Int8Conv2d>(conv_shape(*b.shortcut, h, w), b.shortcut->weight,
-                                                   b.shortcut->bias,
-                                                   requant_scales(*b.shortcut, x_scale, out_scale), f32_out);
+      auto scales = requant_scales(*b.shortcut, x_scale, out_scale);
+      if (b.shortcut->weight_bits <= 4 && b.shortcut->kernel == 1 && b.shortcut->padding == 0 &&
+          ops::cpu::has_avx512_vnni()) {
+        shortcut_int4 = std::make_unique<Int4Shortcut>(*b.shortcut, h, w, std::move(scales));
+      } else {
+        ops::Int8ConvEpilogue f32_out;
+        f32_out.u8_output = false;
+        shortcut = std::make_unique<ops::Int8Conv2d>(conv_shape(*b.shortcut, h, w), b.shortcut->weight,
+                                                     b.shortcut->bias, std::move(scales), f32_out);
+      }
       e2.residual = ops::Int8Residual::add_f32;
       k.max_shortcut = std::max(k.max_shortcut, s2.out_height() * s2.out_width() * b.conv2.out_channels);
     } else {
@@ -81,6 +112,7 @@ IntegerRunner::IntegerRunner(IntegerModel model)
                         clipped_u8(b.conv1.output)),
         ops::Int8Conv2d(s2, b.conv2.weight, b.conv2.bias, requant_scales(b.conv2, h_scale, out_scale), e2),
         std::move(shortcut),
+        std::move(shortcut_int4),
         h,
         w,
         s2.out_height(),
@@ -128,8 +160,11 @@ Tensor IntegerRunner::forward(const Tensor& images) {
   for (auto& b : k.blocks) {
     std::uint8_t* mid = spare[0];
     b.conv1.forward(n, cur, mid);
-    if (b.shortcut) {
-      b.shortcut->forward(n, cur, k.shortcut_out.data());
+    if (b.shortcut || b.shortcut_int4) {
+      if (b.shortcut_int4)
+        b.shortcut_int4->forward(n, cur, k.shortcut_out.data());
+      else
+        b.shortcut->forward(n, cur, k.shortcut_out.data());
       std::uint8_t* out = spare[1];
       b.conv2.forward(n, mid, out, k.shortcut_out.data());
       spare[1] = cur;
@@ -173,6 +208,7 @@ std::vector<std::pair<std::string, std::string>> IntegerRunner::implementations(
     const auto& mb = model_.blocks[i];
     out.emplace_back(mb.conv1.name, b.conv1.implementation(batch));
     if (b.shortcut) out.emplace_back(mb.shortcut->name, b.shortcut->implementation(batch));
+    if (b.shortcut_int4) out.emplace_back(mb.shortcut->name, ops::cpu::kInt4ConvName);
     out.emplace_back(mb.conv2.name, b.conv2.implementation(batch));
   }
   out.emplace_back(model_.fc.name, "zsq int32 sum-pool + dot (scalar)");

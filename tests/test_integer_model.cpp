@@ -9,10 +9,10 @@
 #include "engine/autograd.h"
 #include "engine/checkpoint.h"
 #include "models/zoo.h"
+#include "ops/cpu/gemm_int4.h"
 #include "quant/distill.h"
 #include "quant/integer_model.h"
 #include "quant/integer_runner.h"
-#include "quant/nibbles.h"
 #include "quant/student.h"
 #include "tests/testing.h"
 
@@ -86,17 +86,6 @@ void check_logits_agree(const Tensor& got, const Tensor& want, double tolerance)
 
 }  // namespace
 
-TEST_CASE("4-bit interchange packing: two values per byte, low nibble first") {
-  const std::vector<std::int8_t> v{1, -2, 7, -8, 3};
-  const auto packed = quant::pack_nibbles(v);
-  REQUIRE(packed.size() == 3);
-  CHECK(packed[0] == 0xE1);
-  CHECK(packed[1] == 0x87);
-  CHECK(packed[2] == 0x03);
-  CHECK(quant::unpack_nibbles(packed.data(), 5) == v);
-  CHECK_THROWS_WITH_AS(quant::pack_nibbles({0, 9}), doctest::Contains("outside [-8, 7]"), Error);
-}
-
 TEST_CASE("the integer model reproduces the deploy fake-quant student") {
   models::ModelSpec spec;
   auto teacher = small_teacher(spec);
@@ -116,6 +105,9 @@ TEST_CASE("the integer model reproduces the deploy fake-quant student") {
       want = student->model().forward(x);
     }
     check_logits_agree(runner.forward(x), want, tolerance);
+    for (const auto& [layer, impl] : runner.implementations(40))
+      if (layer.ends_with(".shortcut") && wbits == 4 && ops::cpu::has_avx512_vnni())
+        CHECK_MESSAGE(impl.find("int4") != std::string::npos, layer << ": " << impl);
     for (const auto& [layer, impl] : runner.implementations(40))
       CHECK_MESSAGE(impl.find("ref") == std::string::npos, layer << ": " << impl);
 
