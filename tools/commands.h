@@ -20,6 +20,7 @@ void add_eval_command(CLI::App& app);
 void add_inspect_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_quantize_command(CLI::App& app);
+void add_synth_command(CLI::App& app);
 
 // The Fashion-MNIST location used when --data is not given.
 std::string default_data_dir();
