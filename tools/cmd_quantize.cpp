@@ -171,7 +171,8 @@ void run_quantize(const QuantizeOptions& o) {
 
 void add_quantize_command(CLI::App& app) {
   auto o = std::make_shared<QuantizeOptions>();
-  auto* verb = app.add_subcommand("quantize", "Zero-shot quantization of a teacher (reads no data set)");
+  auto* verb = app.add_subcommand(
+      "quantize", "Zero-shot quantization of a teacher (reads no data set unless --eval-data)");
   verb->add_option("--teacher", o->teacher, "Full-precision teacher file (.safetensors)")->required();
   verb->add_option("--method", o->method, "gaussian, zeroq, gdfq, gznq or zaq")
       ->required()
