@@ -1,5 +1,6 @@
 #include "models/generator.h"
 
+#include "engine/autograd.h"
 #include "ops/elementwise.h"
 #include "ops/loss.h"
 #include "ops/pool.h"
@@ -70,6 +71,19 @@ Tensor Generator::generate(const Tensor& z, const Tensor& labels) {
   ZSQ_CHECK(labels.dim() == 1 && labels.size(0) == z.size(0) && labels.dtype() == DType::s32,
             "generator: labels must be s32 [{}], got {}", z.size(0), labels.str());
   return body(ops::mul(ops::embedding(embedding_, labels), z));
+}
+
+Tensor Generator::sample(const Tensor& z, const Tensor& labels) {
+  NoGrad no_grad;
+  std::vector<Tensor> saved;
+  for (const auto& [name, buffer] : named_buffers()) saved.push_back(buffer.clone());
+  const bool was_training = is_training();
+  train();
+  Tensor images = generate(z, labels).to_format(MemoryFormat::contiguous);
+  train(was_training);
+  std::size_t i = 0;
+  for (const auto& [name, buffer] : named_buffers()) buffer.copy_from(saved[i++]);
+  return images;
 }
 
 }  // namespace zsq::models

@@ -33,6 +33,10 @@ class Generator : public Module {
   Tensor forward(const Tensor& z) override;
   // z: f32 [N, latent]; labels: s32 [N] (conditional generators only). Returns [N, C, S, S].
   Tensor generate(const Tensor& z, const Tensor& labels);
+  // Images as training sees them (train-mode BN: batch statistics) for looking at, with no gradient
+  // and without moving any BN running statistics, so sampling mid-run leaves the training state (and
+  // an exact resume) untouched. Contiguous [N, C, S, S]; `labels` is ignored when unconditional.
+  Tensor sample(const Tensor& z, const Tensor& labels);
   const GeneratorConfig& config() const { return config_; }
 
  private:

@@ -4,6 +4,8 @@
 // the teacher's at the same site when both see the same inputs. These errors are cumulative (the
 // student's activations carry every earlier layer's error), which is what finds the layer that hurts.
 // report.json is the record; report.md is rendered from it, so `zsq eval --report` can add rows later.
+// A research run (--eval-data) carries a "research_mode" block (per-epoch test accuracy, best and last
+// epoch); report.md then opens with a banner saying the test set was evaluated every epoch.
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>

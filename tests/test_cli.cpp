@@ -74,7 +74,7 @@ bool same_tensors(const std::string& a, const std::string& b) {
 }  // namespace
 
 TEST_CASE("every verb has --help") {
-  for (const char* verb : {"", "train", "eval", "inspect", "bench", "quantize", "export"}) {
+  for (const char* verb : {"", "train", "eval", "inspect", "bench", "quantize", "export", "synth"}) {
     CAPTURE(verb);
     auto r = run(std::string(verb) + " --help");
     CHECK(r.code == 0);

@@ -90,3 +90,44 @@ TEST_CASE(
     CHECK(c.student->activation_sites()[i].observer->state() ==
           a.student->activation_sites()[i].observer->state());
 }
+
+TEST_CASE(
+    "GDFQ hooks: per-epoch evaluation is recorded and checkpointed; stop_requested stops between "
+    "iterations") {
+  auto options = tiny();
+  options.epochs = 2, options.iterations = 1;
+  Setup a(3);
+  quant::GdfqTrainer trainer(*a.teacher, *a.student, options);
+  quant::TrainingHooks<quant::GdfqIteration> hooks;
+  int evaluations = 0;
+  hooks.evaluate = [&](models::Classifier& student) {
+    CHECK_FALSE(student.is_training());  // evaluated in eval mode, ranges frozen
+    for (auto& site : a.student->activation_sites()) CHECK(site.observer->frozen());
+    return 0.25 * ++evaluations;
+  };
+  Checkpoint saved;
+  hooks.on_epoch_end = [&](std::int64_t) {
+    saved = a.student->to_checkpoint();
+    trainer.save_state(saved);
+  };
+  CHECK(trainer.run(hooks));
+  REQUIRE(trainer.test_accuracy().size() == 2);
+  CHECK(trainer.test_accuracy()[1].epoch == 2);
+  CHECK(trainer.test_accuracy()[1].accuracy == 0.5);
+
+  Setup b(3);
+  quant::GdfqTrainer reloaded(*b.teacher, *b.student, options);
+  reloaded.load_state(saved);
+  REQUIRE(reloaded.test_accuracy().size() == 2);
+  CHECK(reloaded.test_accuracy()[0].accuracy == 0.25);
+
+  Setup c(3);
+  quant::GdfqTrainer stopped(*c.teacher, *c.student, options);
+  quant::TrainingHooks<quant::GdfqIteration> stop;
+  int iterations = 0;
+  stop.on_iteration = [&](const quant::GdfqIteration&) { ++iterations; };
+  stop.stop_requested = [&] { return iterations == 1; };  // after the first epoch's only iteration
+  CHECK_FALSE(stopped.run(stop));
+  CHECK(iterations == 1);
+  CHECK(stopped.epochs_done() == 1);
+}

@@ -11,61 +11,28 @@
 #include "models/model_file.h"
 #include "quant/report.h"
 #include "quant/student.h"
+#include "tests/cli_testing.h"
 #include "tests/testing.h"
 
 namespace fs = std::filesystem;
 using namespace zsq;
 
 namespace {
-std::string env_or(const char* name, const char* fallback) {
-  const char* v = std::getenv(name);
-  return v != nullptr ? v : fallback;
-}
-const std::string kBinaryDir = env_or("ZSQ_BINARY_DIR", "build");
-const std::string kSourceDir = env_or("ZSQ_SOURCE_DIR", ".");
+using clitest::Result;
+const std::string& kBinaryDir = clitest::binary_dir();
+const std::string& kSourceDir = clitest::source_dir();
 
 fs::path work_dir() {
-  static const fs::path dir = [] {
-    auto d = fs::temp_directory_path() / ("zsq_test_quant_" + std::to_string(::getpid()));
-    fs::remove_all(d);
-    fs::create_directories(d);
-    return d;
-  }();
-  return dir;
+  return clitest::work_dir("quant");
 }
-
-struct Result {
-  int code;
-  std::string out, err;
-};
-
 std::string slurp(const fs::path& p) {
-  std::ifstream f(p);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
+  return clitest::slurp(p);
 }
-
 Result run(const std::string& env, const std::string& args) {
-  const auto out = work_dir() / "out.txt", err = work_dir() / "err.txt";
-  const std::string cmd =
-      env + " " + kBinaryDir + "/zsq " + args + " >" + out.string() + " 2>" + err.string();
-  const int status = std::system(cmd.c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), slurp(out), slurp(err)};
+  return clitest::run_zsq(work_dir(), env, args);
 }
-
-// A small teacher with non-trivial BN statistics, written with the library (no data needed).
 std::string small_teacher() {
-  static const std::string path = [] {
-    Rng rng(0);
-    auto spec = models::resolve_model_spec("resnet20", {{"width", 8}});
-    auto model = models::build_model(spec, rng);
-    for (int i = 0; i < 3; ++i) model->forward(randn({16, 1, 32, 32}, rng));
-    const auto p = (work_dir() / "teacher.safetensors").string();
-    models::save_model(p, spec, *model);
-    return p;
-  }();
-  return path;
+  return clitest::small_teacher(work_dir());
 }
 
 // Preloads the shim and forbids the data set's directories (the default one and $ZSQ_DATA's).
@@ -79,17 +46,27 @@ std::string no_data_env() {
 
 TEST_CASE("the zero-shot promise: quantize never opens the data set; eval does (shim control)") {
   const auto teacher = small_teacher();
-  for (const char* method : {"gaussian", "zeroq"}) {
+  // Every method, the generator-based ones with the tiny budget (2 epochs: checkpoints, generator file
+  // and sample grids are written under the shim too). One thread: fast on a busy 2-core machine.
+  for (const char* method : {"gaussian", "zeroq", "gznq", "gdfq", "zaq"}) {
     CAPTURE(method);
     const auto out = (work_dir() / (std::string("run_") + method)).string();
     auto r = run(no_data_env(), fmt::format("quantize --teacher {} --method {} --wbits 4 --abits 4 --out {} "
-                                            "--calib-images 32 --zeroq-iters 3 --threads 2",
+                                            "--calib-images 32 --zeroq-iters 3 --budget tiny --threads 1",
                                             teacher, method, out));
     CHECK_MESSAGE(r.code == 0, r.err);
     CHECK(r.err.find("zero-shot violation") == std::string::npos);
     CHECK(fs::exists(out + "/student.safetensors"));
     CHECK(fs::exists(out + "/report.md"));
     CHECK(fs::exists(out + "/report.json"));
+    const auto report = quant::read_report(out);
+    CHECK_FALSE(report.contains("research_mode"));
+    CHECK(slurp(out + "/report.md").find("Research mode") == std::string::npos);
+    if (std::string(method) == "gdfq" || std::string(method) == "zaq") {
+      CHECK(fs::exists(out + "/state.safetensors"));
+      CHECK(fs::exists(out + "/generator.safetensors"));
+      CHECK(fs::exists(out + "/samples/epoch_002.png"));
+    }
   }
   // Positive control: the same shim stops a verb that does read data.
   auto control = run(no_data_env(), "eval " + teacher);
@@ -183,6 +160,45 @@ TEST_CASE("quantized checkpoints evaluate through zsq eval, and eval --report ad
   CHECK(md.find("stage3.2.conv2.conv") != std::string::npos);
 }
 
+TEST_CASE("research mode: --eval-data evaluates after every epoch, and the report says so") {
+  const char* data = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";
+  if (!fs::exists(data)) {
+    MESSAGE("skipped: Fashion-MNIST not installed");
+    return;
+  }
+  const auto out = (work_dir() / "run_research").string();
+  auto r = run(
+      "",
+      fmt::format("quantize --teacher {} --method gdfq --budget tiny --out {} --threads 1 --calib-images 32 "
+                  "--eval-data /usr/share/datasets/fashion-mnist",
+                  small_teacher(), out));
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  CHECK(r.err.find("research mode") != std::string::npos);
+  // metrics.csv: test_acc on each epoch's last row only.
+  std::istringstream csv(slurp(out + "/metrics.csv"));
+  std::string line;
+  std::getline(csv, line);
+  CHECK(line.substr(line.rfind(',') + 1) == "test_acc");
+  std::vector<std::string> acc;
+  while (std::getline(csv, line)) acc.push_back(line.substr(line.rfind(',') + 1));
+  REQUIRE(acc.size() == 4);  // 2 epochs x 2 iterations
+  CHECK(acc[0].empty());
+  CHECK(acc[2].empty());
+  CHECK_FALSE(acc[1].empty());
+  CHECK_FALSE(acc[3].empty());
+  const auto report = quant::read_report(out);
+  REQUIRE(report.contains("research_mode"));
+  const auto& m = report["research_mode"];
+  CHECK(m["epochs"].size() == 2);
+  CHECK(m["last_epoch"] == 2);
+  CHECK(m["last_accuracy"].get<double>() == doctest::Approx(std::stod(acc[3])).epsilon(1e-5));
+  CHECK(m["best_accuracy"].get<double>() >= m["last_accuracy"].get<double>());
+  const std::string md = slurp(out + "/report.md");
+  CHECK(md.find("Research mode: test set evaluated every epoch (--eval-data") != std::string::npos);
+  CHECK(md.find(fmt::format("best epoch {}", m["best_epoch"].get<int>())) != std::string::npos);
+  CHECK(md.find("last epoch acc") != std::string::npos);
+}
+
 TEST_CASE("bad quantize flags are refused") {
   CHECK(run("", "quantize --teacher x --method nonsense --out y").code != 0);
   CHECK(run("", "quantize --teacher x --method gaussian --wbits 1 --out y").code != 0);
@@ -190,6 +206,12 @@ TEST_CASE("bad quantize flags are refused") {
                        (work_dir() / "z").string());
   CHECK(r.code == 1);
   CHECK(r.err.find("/nonexistent.safetensors") != std::string::npos);
+  r = run("", "quantize --teacher x --method gaussian --eval-data /tmp --out y");
+  CHECK(r.code == 1);
+  CHECK(r.err.find("--eval-data is for gdfq and zaq") != std::string::npos);
+  CHECK(run("", "quantize --teacher x --method zeroq --epochs 3 --out y").code == 1);
+  CHECK(run("", "quantize --teacher x --method gdfq --budget huge --out y").code != 0);
+  CHECK(run("", "quantize --teacher x --method gdfq").code == 1);  // no --out, no --resume DIR
 }
 
 TEST_CASE("export --int: a deploy student becomes an integer model that eval and bench run") {

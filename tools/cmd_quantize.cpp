@@ -1,7 +1,10 @@
 // zsq quantize: zero-shot quantization of a teacher file. Reads the teacher and nothing else: no data
-// set is opened (the zero-shot promise, tested under an LD_PRELOAD shim in tests/test_quant_cli.cpp).
+// set is opened (the zero-shot promise, tested under an LD_PRELOAD shim in tests/test_quant_cli.cpp),
+// unless a research run asks for per-epoch test accuracy with --eval-data (gdfq/zaq only).
 //   gaussian: calibrate activation ranges on N(0, 1) images, no fine-tuning
 //   zeroq:    calibrate on ZeroQ distilled data (inputs optimized to match the teacher's BN statistics)
+//   gznq:     calibrate on GZNQ-style Gaussian-KL synthetic images
+//   gdfq, zaq: generator-based fine-tuning (tools/quantize_generative.h)
 #include <omp.h>
 
 #include <chrono>
@@ -13,12 +16,11 @@
 #include "engine/progress.h"
 #include "models/model_file.h"
 #include "quant/distill.h"
-#include "quant/methods/gdfq.h"
 #include "quant/methods/gznq.h"
-#include "quant/methods/zaq.h"
 #include "quant/report.h"
 #include "quant/student.h"
 #include "tools/commands.h"
+#include "tools/quantize_generative.h"
 
 namespace zsq::cli {
 
@@ -28,9 +30,12 @@ struct QuantizeOptions {
   std::string teacher, method, out, convention = "paper", config_file;
   std::vector<std::string> sets;
   int wbits = 4, abits = 4;
-  std::int64_t calib_images = 256, batch = 128;
+  std::int64_t calib_images = 256, calib_batch = 128;
   std::string budget = "quick";
-  bool resume = false;
+  std::string resume;  // set (maybe empty) when --resume was given
+  bool resuming = false;
+  std::string eval_data;
+  std::int64_t epochs = 0, iterations = 0, batch = 0;  // > 0: override the budget
   quant::ZeroQOptions zeroq;
 };
 
@@ -54,93 +59,6 @@ Tensor first_rows(const Tensor& t, std::int64_t n) {
   Tensor out = Tensor::empty({n, t.size(1), t.size(2), t.size(3)});
   std::copy_n(t.f32(), out.numel(), out.f32());
   return out;
-}
-
-// Generator-based fine-tuning (GDFQ, ZAQ) with a checkpoint (student + generator + optimizers +
-// observers) after every epoch; --resume continues from it. Returns generated images for the report.
-template <typename Trainer, typename Options, typename Iteration>
-Tensor run_generative(const QuantizeOptions& o, models::Classifier& teacher, quant::Student& student,
-                      nlohmann::json& losses, Options options, const std::vector<std::string>& columns,
-                      const std::function<std::vector<float>(const Iteration&)>& values,
-                      const std::function<std::string(const Iteration&)>& summary) {
-  options.seed = o.common.seed;
-  Trainer trainer(teacher, student, options);
-  std::filesystem::create_directories(o.out);
-  const auto state_path = (std::filesystem::path(o.out) / "state.safetensors").string();
-  const auto metrics_path = std::filesystem::path(o.out) / "metrics.csv";
-  if (o.resume) {
-    ZSQ_CHECK(std::filesystem::exists(state_path), "--resume: no training state at {}", state_path);
-    const Checkpoint state = load_checkpoint(state_path);
-    auto saved = quant::Student::from_checkpoint(state);
-    student.model().load_state(saved->model().named_state(), state_path);
-    trainer.load_state(state);
-    fmt::print(stderr, "resuming {} after epoch {}/{}\n", state_path, trainer.epochs_done(), options.epochs);
-  }
-  std::ofstream metrics(metrics_path, o.resume ? std::ios::app : std::ios::trunc);
-  if (!o.resume) metrics << fmt::format("epoch,iteration,{}\n", fmt::join(columns, ","));
-  Progress progress(o.method, options.epochs * options.iterations, "it");
-  Iteration last{};
-  trainer.run(
-      [&](const Iteration& r) {
-        last = r;
-        metrics << fmt::format("{},{},{}\n", r.epoch + 1, r.iteration + 1, fmt::join(values(r), ","));
-        progress.update(r.epoch * options.iterations + r.iteration + 1,
-                        fmt::format("epoch {}/{} {}", r.epoch + 1, options.epochs, summary(r)));
-      },
-      [&](std::int64_t epochs_done) {
-        metrics.flush();
-        Checkpoint state =
-            student.to_checkpoint({{"zsq.quant.method", o.method}, {"zsq.quant.budget", o.budget}});
-        trainer.save_state(state);
-        save_checkpoint(state_path, state);
-        fmt::print(stderr, "epoch {}/{}: {}\n", epochs_done, options.epochs, summary(last));
-      });
-  progress.finish();
-  const auto final_values = values(last);
-  for (std::size_t i = 0; i < columns.size(); ++i) losses[columns[i]] = final_values[i];
-  losses["budget"] = o.budget;
-  losses["epochs"] = options.epochs;
-  losses["iterations_per_epoch"] = options.iterations;
-  losses["batch"] = options.batch;
-  NoGrad no_grad;
-  Rng rng(o.common.seed + 99);
-  Tensor z = randn({256, trainer.generator().config().latent}, rng);
-  Tensor labels = Tensor::empty({256}, DType::s32);
-  for (std::int64_t i = 0; i < 256; ++i)
-    labels.data<std::int32_t>()[i] = static_cast<std::int32_t>(i % teacher.num_classes());
-  return trainer.generator().generate(z, labels).to_format(MemoryFormat::contiguous);
-}
-
-Tensor run_gdfq(const QuantizeOptions& o, models::Classifier& teacher, quant::Student& student,
-                nlohmann::json& losses) {
-  using It = quant::GdfqIteration;
-  return run_generative<quant::GdfqTrainer, quant::GdfqOptions, It>(
-      o, teacher, student, losses, quant::GdfqOptions::budget(o.budget),
-      {"g_loss", "g_ce", "bns", "q_loss", "q_kd", "q_ce", "student_updated"},
-      [](const It& r) {
-        return std::vector<float>{
-            r.g_loss, r.g_ce, r.bns, r.q_loss, r.q_kd, r.q_ce, r.student_updated ? 1.0f : 0.0f};
-      },
-      [](const It& r) {
-        return fmt::format("G {:.3f} (ce {:.3f} bns {:.3f}) Q {:.3f} (kd {:.3f} ce {:.3f}){}", r.g_loss,
-                           r.g_ce, r.bns, r.q_loss, r.q_kd, r.q_ce, r.student_updated ? "" : " (warm-up)");
-      });
-}
-
-Tensor run_zaq(const QuantizeOptions& o, models::Classifier& teacher, quant::Student& student,
-               nlohmann::json& losses) {
-  using It = quant::ZaqIteration;
-  return run_generative<quant::ZaqTrainer, quant::ZaqOptions, It>(
-      o, teacher, student, losses, quant::ZaqOptions::budget(o.budget),
-      {"q_loss", "q_output", "q_feature", "g_loss", "g_output", "g_feature", "g_activation"},
-      [](const It& r) {
-        return std::vector<float>{r.q_loss,   r.q_output,  r.q_feature,   r.g_loss,
-                                  r.g_output, r.g_feature, r.g_activation};
-      },
-      [](const It& r) {
-        return fmt::format("Q {:.4f} (out {:.4f} feat {:.4f}) G {:.4f} (act {:.3f})", r.q_loss, r.q_output,
-                           r.q_feature, r.g_loss, r.g_activation);
-      });
 }
 
 void run_quantize(const QuantizeOptions& o) {
@@ -173,15 +91,29 @@ void run_quantize(const QuantizeOptions& o) {
   const auto channels = teacher.spec.config.at("in_channels").get<std::int64_t>();
   Tensor inputs;
   nlohmann::json losses = nlohmann::json::object();
-  if (o.method == "gdfq") {
-    inputs = run_gdfq(o, *teacher.model, student, losses);
-  } else if (o.method == "zaq") {
-    inputs = run_zaq(o, *teacher.model, student, losses);
+  nlohmann::json research;
+  if (o.method == "gdfq" || o.method == "zaq") {
+    GenerativeRunOptions go{.method = o.method,
+                            .budget = o.budget,
+                            .out = o.out,
+                            .teacher = o.teacher,
+                            .eval_data = o.eval_data,
+                            .resume = o.resuming,
+                            .seed = o.common.seed,
+                            .epochs = o.epochs,
+                            .iterations = o.iterations,
+                            .batch = o.batch,
+                            .report_images = o.calib_images};
+    auto result = run_generative(go, *teacher.model, student);
+    inputs = result.inputs;
+    losses = result.losses;
+    research = result.research;
   } else if (o.method == "gaussian") {
     inputs = quant::gaussian_inputs(o.calib_images, channels, 32, rng);
   } else if (o.method == "gznq") {
     auto go = quant::GznqOptions::budget(o.budget);
     go.batch = o.calib_images;
+    if (o.iterations > 0) go.iterations = o.iterations;
     Progress progress("gznq synthesis", go.iterations, "it");
     quant::GznqStep last{};
     inputs = quant::gznq_synthesize(*teacher.model, channels, go, rng, [&](const quant::GznqStep& st) {
@@ -202,7 +134,7 @@ void run_quantize(const QuantizeOptions& o) {
     progress.finish(fmt::format("bns {:.4f}", last_bns));
     losses["zeroq_bns_final"] = last_bns;
   }
-  if (o.method != "gdfq" && o.method != "zaq") calibrate(student, inputs, o.batch);
+  if (o.method != "gdfq" && o.method != "zaq") calibrate(student, inputs, o.calib_batch);
 
   std::filesystem::create_directories(o.out);
   const std::string student_path = (std::filesystem::path(o.out) / "student.safetensors").string();
@@ -222,6 +154,7 @@ void run_quantize(const QuantizeOptions& o) {
                         {"losses", losses},
                         {"config", config.to_json()},
                         {"zsq_version", "0.1.0"}};
+  if (!research.is_null()) report["research_mode"] = research;
   report["layers"] = quant::analyze_layers(student, *teacher.model, first_rows(inputs, 256));
   report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   quant::write_report(o.out, report);
@@ -238,17 +171,33 @@ void run_quantize(const QuantizeOptions& o) {
 
 void add_quantize_command(CLI::App& app) {
   auto o = std::make_shared<QuantizeOptions>();
-  auto* verb = app.add_subcommand("quantize", "Zero-shot quantization of a teacher (reads no data set)");
+  auto* verb = app.add_subcommand(
+      "quantize", "Zero-shot quantization of a teacher (reads no data set unless --eval-data)");
   verb->add_option("--teacher", o->teacher, "Full-precision teacher file (.safetensors)")->required();
   verb->add_option("--method", o->method, "gaussian, zeroq, gdfq, gznq or zaq")
       ->required()
       ->check(CLI::IsMember({"gaussian", "zeroq", "gdfq", "gznq", "zaq"}));
   verb->add_option("--budget", o->budget,
-                   "gdfq/zaq/gznq: quick (<10 min), standard (~1 h) or paper (published schedule)")
-      ->check(CLI::IsMember({"quick", "standard", "paper"}))
+                   "gdfq/zaq/gznq: quick (<10 min), standard (~1 h), paper (published schedule) or tiny "
+                   "(seconds; tests and smoke checks only)")
+      ->check(CLI::IsMember({"tiny", "quick", "standard", "paper"}))
       ->capture_default_str();
-  verb->add_flag("--resume", o->resume,
-                 "gdfq/zaq: continue from OUT/state.safetensors (written after every epoch)");
+  verb->add_option("--epochs", o->epochs, "gdfq/zaq: epochs (overrides the budget's)")
+      ->check(CLI::PositiveNumber);
+  verb->add_option("--iters", o->iterations,
+                   "gdfq/zaq: iterations per epoch; gznq: synthesis steps (overrides the budget's)")
+      ->check(CLI::PositiveNumber);
+  verb->add_option("--batch", o->batch, "gdfq/zaq: generator batch (overrides the budget's; > 1)")
+      ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 20));
+  verb->add_option("--resume", o->resume,
+                   "gdfq/zaq: continue the run in DIR (default: --out) from DIR/state.safetensors, written "
+                   "after every epoch; same command and settings otherwise")
+      ->expected(0, 1)
+      ->type_name("[DIR]");
+  verb->add_option("--eval-data", o->eval_data,
+                   "gdfq/zaq, RESEARCH ONLY: evaluate the student on this Fashion-MNIST test set after "
+                   "every epoch (metrics.csv test_acc, report marks best/last epoch); the run is then no "
+                   "longer data-free");
   verb->add_option("--wbits", o->wbits, "Weight bits (2-8)")->check(CLI::Range(2, 8))->capture_default_str();
   verb->add_option("--abits", o->abits, "Activation bits (2-8)")
       ->check(CLI::Range(2, 8))
@@ -258,8 +207,9 @@ void add_quantize_command(CLI::App& app) {
       ->capture_default_str();
   verb->add_option("--config", o->config_file, "QConfig JSON file (overrides --convention)");
   verb->add_option("--set", o->sets, "Override one config key, e.g. --set act_observer=ema (repeatable)");
-  verb->add_option("--out", o->out, "Run directory")->required();
-  verb->add_option("--calib-images", o->calib_images, "Synthetic calibration images")
+  verb->add_option("--out", o->out, "Run directory (may be left out with --resume DIR)");
+  verb->add_option("--calib-images", o->calib_images,
+                   "Synthetic calibration images (gdfq/zaq: generated images the per-layer report uses)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   verb->add_option("--zeroq-iters", o->zeroq.iterations, "ZeroQ distillation iterations")
@@ -269,7 +219,30 @@ void add_quantize_command(CLI::App& app) {
                    "ZeroQ cross-entropy weight towards random labels (0 = off)")
       ->capture_default_str();
   add_common_options(verb, o->common);
-  verb->callback([o] { run_quantize(*o); });
+  verb->callback([o, verb] {
+    QuantizeOptions resolved = *o;
+    resolved.resuming = verb->count("--resume") > 0;
+    if (resolved.resuming && !resolved.resume.empty()) {
+      ZSQ_CHECK(resolved.out.empty() || std::filesystem::weakly_canonical(resolved.out) ==
+                                            std::filesystem::weakly_canonical(resolved.resume),
+                "zsq quantize: --resume {} and --out {} name different run directories", resolved.resume,
+                resolved.out);
+      resolved.out = resolved.resume;
+    }
+    ZSQ_CHECK(!resolved.out.empty(), "zsq quantize: --out DIR is required (or --resume DIR)");
+    const bool generative = resolved.method == "gdfq" || resolved.method == "zaq";
+    ZSQ_CHECK(generative || !resolved.resuming, "zsq quantize: --resume is for gdfq and zaq, not {}",
+              resolved.method);
+    ZSQ_CHECK(generative || resolved.eval_data.empty(),
+              "zsq quantize: --eval-data is for gdfq and zaq (evaluation after every epoch), not {}",
+              resolved.method);
+    ZSQ_CHECK(generative || (resolved.epochs == 0 && resolved.batch == 0),
+              "zsq quantize: --epochs and --batch are for gdfq and zaq, not {}", resolved.method);
+    ZSQ_CHECK(generative || resolved.method == "gznq" || resolved.iterations == 0,
+              "zsq quantize: --iters is for gdfq, zaq and gznq (zeroq has --zeroq-iters), not {}",
+              resolved.method);
+    run_quantize(resolved);
+  });
 }
 
 }  // namespace zsq::cli

@@ -23,6 +23,7 @@ void add_bench_command(CLI::App& app);
 void add_bench_kernels_command(CLI::App* bench);
 void add_quantize_command(CLI::App& app);
 void add_export_command(CLI::App& app);
+void add_synth_command(CLI::App& app);
 
 // The Fashion-MNIST location used when --data is not given.
 std::string default_data_dir();

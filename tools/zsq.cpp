@@ -8,6 +8,7 @@
 #include "engine/rng.h"
 #include "tools/commands.h"
 #include "tools/datasets/fashion_mnist.h"
+#include "tools/interrupt.h"
 
 namespace zsq::cli {
 
@@ -41,10 +42,14 @@ int main(int argc, char** argv) {
   zsq::cli::add_bench_command(app);
   zsq::cli::add_quantize_command(app);
   zsq::cli::add_export_command(app);
+  zsq::cli::add_synth_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const zsq::cli::Interrupted& e) {
+    std::fprintf(stderr, "zsq: interrupted: %s\n", e.what());
+    return 128 + e.signal();
   } catch (const zsq::Error& e) {
     std::fprintf(stderr, "zsq: error: %s\n", e.what());
     return 1;

@@ -41,7 +41,7 @@ struct GdfqOptions {
   std::uint64_t seed = 0;
 
   // "paper": the published CIFAR schedule above. "standard": about an hour on 2 cores.
-  // "quick": under 10 minutes on 2 cores.
+  // "quick": under 10 minutes on 2 cores. "tiny": seconds, for tests and smoke checks only.
   static GdfqOptions budget(const std::string& name);
 };
 
@@ -54,10 +54,10 @@ struct GdfqIteration {
 class GdfqTrainer : public GenerativeTrainer<GdfqIteration> {
  public:
   GdfqTrainer(models::Classifier& teacher, Student& student, const GdfqOptions& options);
+  void begin_epoch(std::int64_t epoch) override;
   GdfqIteration iterate(std::int64_t epoch, std::int64_t iteration, Rng& rng) override;
 
  private:
-  void begin_epoch(std::int64_t epoch) override;
   GdfqOptions options_;
 };
 

@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "engine/checkpoint.h"
 #include "engine/optim.h"
@@ -16,6 +17,21 @@
 
 namespace zsq::quant {
 
+// What the caller (the CLI) plugs into the epoch loop. quant/ never sees data: test-set evaluation, when
+// a research run asks for it, arrives here as an opaque callback from the tools layer.
+template <typename Iteration>
+struct TrainingHooks {
+  std::function<void(const Iteration&)> on_iteration;
+  // After each epoch, with the student's ranges frozen and the model in eval mode: returns the test
+  // accuracy in [0, 1]. Unset: no evaluation (the default; zero-shot runs never set it).
+  std::function<double(models::Classifier& student)> evaluate;
+  // After each epoch (and its evaluation): checkpointing, sample grids.
+  std::function<void(std::int64_t epochs_done)> on_epoch_end;
+  // Polled between iterations: true stops the run, dropping the unfinished epoch, so the last
+  // checkpoint written by on_epoch_end stays the consistent point to resume from (SIGINT).
+  std::function<bool()> stop_requested;
+};
+
 template <typename Iteration>
 class GenerativeTrainer {
  public:
@@ -23,34 +39,52 @@ class GenerativeTrainer {
   GenerativeTrainer(const GenerativeTrainer&) = delete;
   GenerativeTrainer& operator=(const GenerativeTrainer&) = delete;
 
-  // Runs the remaining epochs; `on_iteration` sees every iteration, `on_epoch_end(epochs_done)` runs after
-  // each epoch (checkpointing, evaluation) with the student's ranges frozen.
-  void run(const std::function<void(const Iteration&)>& on_iteration,
-           const std::function<void(std::int64_t epochs_done)>& on_epoch_end) {
+  // Runs the remaining epochs. Returns false when stop_requested ended it early.
+  bool run(const TrainingHooks<Iteration>& hooks) {
     for (std::int64_t epoch = epochs_done_; epoch < epochs_; ++epoch) {
       begin_epoch(epoch);
       Rng rng(seed_ * 0x9e3779b97f4a7c15ULL + stream_ + static_cast<std::uint64_t>(epoch));
       for (std::int64_t it = 0; it < iterations_; ++it) {
+        if (hooks.stop_requested && hooks.stop_requested()) return false;
         const Iteration r = iterate(epoch, it, rng);
-        if (on_iteration) on_iteration(r);
+        if (hooks.on_iteration) hooks.on_iteration(r);
       }
       epochs_done_ = epoch + 1;
       student_.freeze_ranges();
       student_.model().eval();
-      if (on_epoch_end) on_epoch_end(epochs_done_);
+      if (hooks.evaluate) test_accuracy_.push_back({epochs_done_, hooks.evaluate(student_.model())});
+      if (hooks.on_epoch_end) hooks.on_epoch_end(epochs_done_);
     }
+    return true;
   }
+  bool run(const std::function<void(const Iteration&)>& on_iteration,
+           const std::function<void(std::int64_t epochs_done)>& on_epoch_end) {
+    TrainingHooks<Iteration> hooks;
+    hooks.on_iteration = on_iteration;
+    hooks.on_epoch_end = on_epoch_end;
+    return run(hooks);
+  }
+
+  // One epoch of run() is begin_epoch(epoch) then iterate(epoch, i, rng) for each iteration; both are
+  // public so a benchmark or a test can drive single iterations exactly as run() does.
+  virtual void begin_epoch(std::int64_t epoch) = 0;
   virtual Iteration iterate(std::int64_t epoch, std::int64_t iteration, Rng& rng) = 0;
 
+  std::int64_t epochs() const { return epochs_; }
+  std::int64_t iterations() const { return iterations_; }
   std::int64_t epochs_done() const { return epochs_done_; }
   models::Generator& generator() { return *generator_; }
+  // Test accuracy after each evaluated epoch (only with TrainingHooks::evaluate), resumed runs included.
+  const std::vector<EpochAccuracy>& test_accuracy() const { return test_accuracy_; }
   // Generator, optimizers and observers, plus the epoch count, for exact resume (the student's weights
   // go in through Student::to_checkpoint).
   void save_state(Checkpoint& checkpoint) const {
-    save_trainer_state(checkpoint, method_, epochs_done_, {*generator_, *g_optim_, *q_optim_, student_});
+    save_trainer_state(checkpoint, method_, epochs_done_, test_accuracy_,
+                       {*generator_, *g_optim_, *q_optim_, student_});
   }
   void load_state(const Checkpoint& checkpoint) {
-    epochs_done_ = load_trainer_state(checkpoint, method_, {*generator_, *g_optim_, *q_optim_, student_});
+    epochs_done_ = load_trainer_state(checkpoint, method_, test_accuracy_,
+                                      {*generator_, *g_optim_, *q_optim_, student_});
   }
 
  protected:
@@ -67,7 +101,6 @@ class GenerativeTrainer {
     teacher_.set_requires_grad(false);  // gradients reach G through the frozen teacher's input only
     student_.model().set_requires_grad(true);
   }
-  virtual void begin_epoch(std::int64_t epoch) = 0;
 
   std::string method_;
   models::Classifier& teacher_;
@@ -78,6 +111,7 @@ class GenerativeTrainer {
   std::unique_ptr<Adam> g_optim_;
   std::unique_ptr<Sgd> q_optim_;
   std::int64_t epochs_done_ = 0;
+  std::vector<EpochAccuracy> test_accuracy_;
 };
 
 }  // namespace zsq::quant

@@ -19,8 +19,10 @@ GznqOptions GznqOptions::budget(const std::string& name) {
     o.iterations = 1000;
   else if (name == "paper")
     o.iterations = 2000;
+  else if (name == "tiny")  // tests and smoke checks
+    o.iterations = 3;
   else
-    fail(fmt::format("unknown budget '{}' (quick, standard, paper)", name));
+    fail(fmt::format("unknown budget '{}' (tiny, quick, standard, paper)", name));
   return o;
 }
 

@@ -22,7 +22,8 @@ struct GznqOptions {
   float initial_std = 0.1f;
   std::int64_t image_size = 32;
 
-  // quick: 150 steps (~2 min on 2 cores); standard: 1000; paper: 2000 (the suggested upper end).
+  // quick: 150 steps (~2 min on 2 cores); standard: 1000; paper: 2000 (the suggested upper end);
+  // tiny: 3 (tests and smoke checks only).
   static GznqOptions budget(const std::string& name);
 };
 

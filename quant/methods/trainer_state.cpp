@@ -1,10 +1,17 @@
 #include "quant/methods/trainer_state.h"
 
+#include <nlohmann/json.hpp>
+
 namespace zsq::quant {
 
 void save_trainer_state(Checkpoint& ckpt, const std::string& method, std::int64_t epochs_done,
-                        const TrainerParts& parts) {
+                        const std::vector<EpochAccuracy>& test_accuracy, const TrainerParts& parts) {
   ckpt.metadata["zsq." + method + ".epochs_done"] = std::to_string(epochs_done);
+  if (!test_accuracy.empty()) {
+    nlohmann::json rows = nlohmann::json::array();
+    for (const auto& a : test_accuracy) rows.push_back({a.epoch, a.accuracy});
+    ckpt.metadata["zsq." + method + ".test_accuracy"] = rows.dump();
+  }
   for (auto& [name, t] : parts.generator.named_state()) ckpt.add("generator." + name, t);
   for (auto& [name, t] : parts.generator_optim.state()) ckpt.add("optim.generator." + name, t);
   for (auto& [name, t] : parts.student_optim.state()) ckpt.add("optim.student." + name, t);
@@ -15,7 +22,7 @@ void save_trainer_state(Checkpoint& ckpt, const std::string& method, std::int64_
 }
 
 std::int64_t load_trainer_state(const Checkpoint& ckpt, const std::string& method,
-                                const TrainerParts& parts) {
+                                std::vector<EpochAccuracy>& test_accuracy, const TrainerParts& parts) {
   auto it = ckpt.metadata.find("zsq." + method + ".epochs_done");
   ZSQ_CHECK(it != ckpt.metadata.end(), "{}: not a {} training state", ckpt.path, method);
   std::vector<std::pair<std::string, Tensor>> gen, g_opt, q_opt;
@@ -32,6 +39,16 @@ std::int64_t load_trainer_state(const Checkpoint& ckpt, const std::string& metho
     ZSQ_CHECK(s != nullptr, "{}: missing observer state for {}", ckpt.path, site.name);
     site.observer->load_state(s->to_vector());
     site.observations = site.observer->steps();
+  }
+  test_accuracy.clear();
+  auto acc = ckpt.metadata.find("zsq." + method + ".test_accuracy");
+  if (acc != ckpt.metadata.end()) {
+    try {
+      for (const auto& row : nlohmann::json::parse(acc->second))
+        test_accuracy.push_back({row.at(0).get<std::int64_t>(), row.at(1).get<double>()});
+    } catch (const nlohmann::json::exception& e) {
+      fail(fmt::format("{}: bad zsq.{}.test_accuracy: {}", ckpt.path, method, e.what()));
+    }
   }
   return std::stoll(it->second);
 }

@@ -27,7 +27,11 @@ ZaqOptions ZaqOptions::budget(const std::string& name) {
     o.epochs = 20, o.iterations = 25, o.batch = 128, o.lr_milestones = {14};
     return o;
   }
-  fail(fmt::format("unknown budget '{}' (quick, standard, paper)", name));
+  if (name == "tiny") {  // tests and smoke checks: seconds on a small teacher, nothing learned
+    o.epochs = 2, o.iterations = 2, o.batch = 8, o.q_steps = 2, o.lr_milestones = {};
+    return o;
+  }
+  fail(fmt::format("unknown budget '{}' (tiny, quick, standard, paper)", name));
 }
 
 namespace {

@@ -42,6 +42,7 @@ struct ZaqOptions {
 
   // "paper": the reference configuration above. "quick" (< 10 min on 2 cores) and "standard" (~1 h)
   // use the stable settings: Q's BN fixed (eval), Q lr 1e-4 with Nesterov, ranges frozen after epoch 1.
+  // "tiny" (seconds; tests and smoke checks only) uses them too.
   static ZaqOptions budget(const std::string& name);
 };
 
@@ -57,10 +58,10 @@ struct ZaqIteration {
 class ZaqTrainer : public GenerativeTrainer<ZaqIteration> {
  public:
   ZaqTrainer(models::Classifier& teacher, Student& student, const ZaqOptions& options);
+  void begin_epoch(std::int64_t epoch) override;
   ZaqIteration iterate(std::int64_t epoch, std::int64_t iteration, Rng& rng) override;
 
  private:
-  void begin_epoch(std::int64_t epoch) override;
   ZaqOptions options_;
 };
 
