@@ -56,12 +56,27 @@ MobileNetV2::MobileNetV2(const MobileNetV2Config& config, Rng& rng) : config_(co
   fc_ = register_module("fc", std::make_shared<Linear>(head, config.num_classes, true, rng));
 }
 
-Tensor MobileNetV2::forward(const Tensor& x) {
+std::vector<Tensor> MobileNetV2::forward_features(const Tensor& x, Tensor& logits) {
   ZSQ_CHECK(x.dim() == 4 && x.size(1) == config_.in_channels,
             "MobileNetV2: input must be [N, {}, H, W], got {}", config_.in_channels, x.str());
+  std::vector<Tensor> stages;
   Tensor h = stem_->forward(x);
-  for (auto& b : blocks_) h = b->forward(h);
-  return fc_->forward(ops::flatten(ops::global_avg_pool(head_->forward(h))));
+  for (std::size_t i = 0; i < blocks_.size(); ++i) {
+    h = blocks_[i]->forward(h);
+    const bool last_at_resolution =
+        i + 1 == blocks_.size() || blocks_[i + 1]->depthwise->conv->params().stride_h > 1;
+    if (last_at_resolution) stages.push_back(h);
+  }
+  h = head_->forward(h);
+  stages.push_back(h);
+  logits = fc_->forward(ops::flatten(ops::global_avg_pool(h)));
+  return stages;
+}
+
+Tensor MobileNetV2::forward(const Tensor& x) {
+  Tensor logits;
+  forward_features(x, logits);
+  return logits;
 }
 
 std::vector<BatchNorm2d*> MobileNetV2::batch_norms() {

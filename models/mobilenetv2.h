@@ -28,6 +28,9 @@ class MobileNetV2 : public Classifier {
   Tensor forward(const Tensor& x) override;
   std::vector<BatchNorm2d*> batch_norms() override;
   std::int64_t num_classes() const override { return config_.num_classes; }
+  // Stage outputs for feature-level losses: the last block output at each spatial resolution (32x32,
+  // 16x16, 8x8, 4x4 for a 32x32 input), then the head's output.
+  std::vector<Tensor> forward_features(const Tensor& x, Tensor& logits) override;
 
  private:
   MobileNetV2Config config_;

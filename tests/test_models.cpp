@@ -32,7 +32,17 @@ TEST_CASE("MobileNetV2 builds with depthwise convolutions and gives [N, 10] logi
   CHECK(depthwise);
   NoGrad ng;
   model->eval();
-  CHECK(model->forward(randn({2, 1, 32, 32}, rng)).shape() == Shape{2, 10});
+  const Tensor x = randn({2, 1, 32, 32}, rng);
+  const Tensor y = model->forward(x);
+  CHECK(y.shape() == Shape{2, 10});
+  // Feature stages: one per spatial resolution, then the head; the logits are forward()'s.
+  Tensor logits;
+  const auto stages = model->forward_features(x, logits);
+  REQUIRE(stages.size() == 5);
+  const std::int64_t sizes[] = {32, 16, 8, 4, 4};
+  for (std::size_t i = 0; i < stages.size(); ++i) CHECK(stages[i].size(2) == sizes[i]);
+  CHECK(stages.back().size(1) == 1280);
+  CHECK(logits.to_vector() == y.to_vector());
 }
 
 TEST_CASE("the zoo rejects unknown models and fields by name") {
