@@ -180,21 +180,25 @@ Tensor IntegerRunner::forward(const Tensor& images) {
   const float step = m.blocks.empty() ? m.stem.output.scale : m.blocks.back().conv2.output.scale;
   Tensor logits = Tensor::empty({n, classes});
   float* out = logits.f32();
-#pragma omp parallel for schedule(static) if (n > 8)
-  for (std::int64_t i = 0; i < n; ++i) {
-    std::vector<std::int32_t> sums(static_cast<std::size_t>(channels), 0);
-    const std::uint8_t* feature = cur + i * positions * channels;
-    for (std::int64_t p = 0; p < positions; ++p)
-      for (std::int64_t c = 0; c < channels; ++c)
-        sums[static_cast<std::size_t>(c)] += feature[p * channels + c];
-    for (std::int64_t o = 0; o < classes; ++o) {
-      std::int64_t acc = m.fc.bias[static_cast<std::size_t>(o)];
-      for (std::int64_t c = 0; c < channels; ++c)
-        acc += static_cast<std::int64_t>(m.fc.weight[static_cast<std::size_t>(o * channels + c)]) *
-               sums[static_cast<std::size_t>(c)];
-      out[i * classes + o] =
-          static_cast<float>(static_cast<double>(acc) * (step / static_cast<double>(positions)) *
-                             m.fc.weight_scale[static_cast<std::size_t>(o)]);
+#pragma omp parallel if (n > 8)
+  {
+    std::vector<std::int32_t> sums(static_cast<std::size_t>(channels));  // per thread, reused per image
+#pragma omp for schedule(static)
+    for (std::int64_t i = 0; i < n; ++i) {
+      std::fill(sums.begin(), sums.end(), 0);
+      const std::uint8_t* feature = cur + i * positions * channels;
+      for (std::int64_t p = 0; p < positions; ++p)
+        for (std::int64_t c = 0; c < channels; ++c)
+          sums[static_cast<std::size_t>(c)] += feature[p * channels + c];
+      for (std::int64_t o = 0; o < classes; ++o) {
+        std::int64_t acc = m.fc.bias[static_cast<std::size_t>(o)];
+        for (std::int64_t c = 0; c < channels; ++c)
+          acc += static_cast<std::int64_t>(m.fc.weight[static_cast<std::size_t>(o * channels + c)]) *
+                 sums[static_cast<std::size_t>(c)];
+        out[i * classes + o] =
+            static_cast<float>(static_cast<double>(acc) * (step / static_cast<double>(positions)) *
+                               m.fc.weight_scale[static_cast<std::size_t>(o)]);
+      }
     }
   }
   return logits;

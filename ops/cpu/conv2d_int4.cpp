@@ -18,7 +18,7 @@ constexpr std::int64_t kBlockBytes = 256 * 1024;
 constexpr std::int64_t kRowMultiple = 84;  // whole row tiles of the GEMM (kRowTile there)
 
 void run(const std::uint8_t* x, const Im2colShape& s, std::uint8_t pad_value, const Int4PackedWeights& w,
-         std::int32_t* y_s32, const Int4Epilogue* e, float* y_f32) {
+         std::int32_t* y_s32, const GemmEpilogue* e, float* y_f32) {
   check_im2col_shape(s);
   ZSQ_CHECK(has_avx512_vnni(), "int4 conv: this CPU has no AVX-512 VNNI (vpdpbusd)");
   ZSQ_CHECK(w.storage.defined() && w.k == s.cols(),
@@ -61,7 +61,7 @@ void conv2d_u8s4s32(const std::uint8_t* x, const Im2colShape& s, std::uint8_t pa
 }
 
 void conv2d_u8s4f32(const std::uint8_t* x, const Im2colShape& s, std::uint8_t pad_value,
-                    const Int4PackedWeights& w, const Int4Epilogue& epilogue, float* y) {
+                    const Int4PackedWeights& w, const GemmEpilogue& epilogue, float* y) {
   run(x, s, pad_value, w, nullptr, &epilogue, y);
 }
 

@@ -17,7 +17,7 @@ namespace zsq::ops::cpu {
 void conv2d_u8s4s32(const std::uint8_t* x, const Im2colShape& s, std::uint8_t pad_value,
                     const Int4PackedWeights& w, std::int32_t* y);
 void conv2d_u8s4f32(const std::uint8_t* x, const Im2colShape& s, std::uint8_t pad_value,
-                    const Int4PackedWeights& w, const Int4Epilogue& epilogue, float* y);
+                    const Int4PackedWeights& w, const GemmEpilogue& epilogue, float* y);
 
 // The name the benchmarks print for this path.
 inline constexpr const char* kInt4ConvName = "zsq im2col-blocked avx512-vnni int4";

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "engine/tensor.h"
+#include "ops/cpu/gemm_epilogue.h"
 
 namespace zsq::ops::cpu {
 
@@ -79,15 +80,9 @@ bool has_avx512_vnni();
 void gemm_u8s4s32(const std::uint8_t* a, std::int64_t m, std::int64_t lda, const Int4PackedWeights& w,
                   std::int32_t* c, std::int64_t ldc);
 
-// The fused dequantizing epilogue: out[m, n] = col_scale[n] * acc[m, n] + col_bias[n], then
-// max(0, .) when relu is set. col_scale has w.n entries; col_bias may be null (no bias).
-struct Int4Epilogue {
-  const float* col_scale = nullptr;
-  const float* col_bias = nullptr;
-  bool relu = false;
-};
+// The fused dequantizing epilogue (ops/cpu/gemm_epilogue.h); col_scale has w.n entries.
 void gemm_u8s4f32(const std::uint8_t* a, std::int64_t m, std::int64_t lda, const Int4PackedWeights& w,
-                  const Int4Epilogue& epilogue, float* out, std::int64_t ldo);
+                  const GemmEpilogue& epilogue, float* out, std::int64_t ldo);
 
 // The name the benchmarks print for this kernel.
 inline constexpr const char* kInt4KernelName = "zsq avx512-vnni int4";

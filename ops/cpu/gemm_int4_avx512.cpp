@@ -200,7 +200,7 @@ Plan make_plan(std::int64_t m, std::int64_t col_blocks, int threads) {
 // One task: rows [m0, m1) x column blocks [cb0, cb1).
 void run_tile(const std::uint8_t* a, std::int64_t lda, const Int4PackedWeights& w, const Plan& plan,
               std::int64_t m0, std::int64_t m1, std::int64_t cb0, std::int64_t cb1, std::int32_t* c,
-              std::int64_t ldc, const Int4Epilogue* e, float* out, std::int64_t ldo) {
+              std::int64_t ldc, const GemmEpilogue* e, float* out, std::int64_t ldo) {
   const std::int64_t steps = w.k_steps(), full_steps = w.k / kInt4KStep;
   const bool has_tail = w.k % kInt4KStep != 0;
   const std::int64_t rows = m1 - m0;
@@ -258,7 +258,7 @@ void run_tile(const std::uint8_t* a, std::int64_t lda, const Int4PackedWeights& 
 }
 
 void run(const std::uint8_t* a, std::int64_t m, std::int64_t lda, const Int4PackedWeights& w, std::int32_t* c,
-         std::int64_t ldc, const Int4Epilogue* e, float* out, std::int64_t ldo) {
+         std::int64_t ldc, const GemmEpilogue* e, float* out, std::int64_t ldo) {
   ZSQ_CHECK(has_avx512_vnni(), "int4 gemm: this CPU has no AVX-512 VNNI (vpdpbusd)");
   ZSQ_CHECK(w.n >= 1 && w.k >= 1 && w.storage.defined(), "int4 gemm: weights are not packed (n={}, k={})",
             w.n, w.k);
@@ -291,7 +291,7 @@ void gemm_u8s4s32(const std::uint8_t* a, std::int64_t m, std::int64_t lda, const
 }
 
 void gemm_u8s4f32(const std::uint8_t* a, std::int64_t m, std::int64_t lda, const Int4PackedWeights& w,
-                  const Int4Epilogue& epilogue, float* out, std::int64_t ldo) {
+                  const GemmEpilogue& epilogue, float* out, std::int64_t ldo) {
   ZSQ_CHECK(epilogue.col_scale != nullptr, "gemm_u8s4f32: col_scale is required");
   ZSQ_CHECK(ldo >= w.n, "gemm_u8s4f32: ldo={} is smaller than n={}", ldo, w.n);
   run(a, m, lda, w, nullptr, 0, &epilogue, out, ldo);

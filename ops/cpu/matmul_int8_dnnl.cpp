@@ -82,7 +82,7 @@ void check_call(const Int8MatmulWeights& w, std::int64_t m, std::int64_t lda, st
 }
 
 void execute(const Key& key, const Int8MatmulWeights& w, const std::uint8_t* a, void* c,
-             const Int8MatmulEpilogue* e) {
+             const GemmEpilogue* e) {
   auto& pd = cached_pd(key, w.n, w.k);
   auto& prim = cached_primitive(key, w.n, w.k);
   auto& eng = dnnl_engine();
@@ -127,7 +127,7 @@ void matmul_u8s8s32(const std::uint8_t* a, std::int64_t m, std::int64_t lda, con
 }
 
 void matmul_u8s8f32(const std::uint8_t* a, std::int64_t m, std::int64_t lda, const Int8MatmulWeights& w,
-                    const Int8MatmulEpilogue& epilogue, float* out, std::int64_t ldo) {
+                    const GemmEpilogue& epilogue, float* out, std::int64_t ldo) {
   check_call(w, m, lda, ldo, "matmul_u8s8f32");
   ZSQ_CHECK(epilogue.col_scale != nullptr, "matmul_u8s8f32: col_scale is required");
   if (m == 0) return;

@@ -7,6 +7,8 @@
 #include <memory>
 #include <string>
 
+#include "ops/cpu/gemm_epilogue.h"
+
 namespace zsq::ops::cpu {
 
 struct Int8MatmulWeightsImpl;  // the oneDNN memories, one per weight layout a primitive asked for
@@ -26,13 +28,8 @@ void matmul_u8s8s32(const std::uint8_t* a, std::int64_t m, std::int64_t lda, con
                     std::int32_t* c, std::int64_t ldc);
 
 // out[m, n] = col_scale[n] * acc[m, n] + col_bias[n] (bias may be null), then ReLU if relu.
-struct Int8MatmulEpilogue {
-  const float* col_scale = nullptr;
-  const float* col_bias = nullptr;
-  bool relu = false;
-};
 void matmul_u8s8f32(const std::uint8_t* a, std::int64_t m, std::int64_t lda, const Int8MatmulWeights& w,
-                    const Int8MatmulEpilogue& epilogue, float* out, std::int64_t ldo);
+                    const GemmEpilogue& epilogue, float* out, std::int64_t ldo);
 
 // oneDNN's implementation name (primitive_desc::impl_info_str()) for the s32 (f32_out false) or the f32
 // variant at this M, building (and caching) the primitive if needed.
