@@ -169,6 +169,8 @@ std::string render_report_markdown(const nlohmann::json& r) {
     if (r.contains(key))
       md += fmt::format("| {} | {} |\n", key, r[key].is_string() ? r[key].get<std::string>() : r[key].dump());
   if (r.contains("losses")) md += fmt::format("| losses | {} |\n", r["losses"].dump());
+  if (r.contains("method_options"))
+    md += fmt::format("| method options | {} |\n", r["method_options"].dump());
   if (r.contains("accuracy")) {
     md += "\n## Test accuracy (zsq eval --report)\n\n| model | top-1 % | n |\n|---|---|---|\n";
     for (const auto& row : r["accuracy"])

@@ -127,6 +127,28 @@ TEST_CASE("train, interrupt, resume: the same model as an uninterrupted run; eva
   CHECK(r.out.find("[64, 64, 3, 3]") != std::string::npos);
 }
 
+TEST_CASE("train --width-mult: a narrower MobileNetV2 whose file records the multiplier") {
+  auto r = run("train --model resnet20 --width-mult 0.5 --epochs 1 --out " +
+               (work_dir() / "w.safetensors").string());
+  CHECK(r.code != 0);
+  CHECK(r.err.find("--width-mult is for mobilenetv2") != std::string::npos);
+  if (!have_data()) {
+    MESSAGE("skipped: Fashion-MNIST not installed");
+    return;
+  }
+  const auto out = (work_dir() / "mbv2_half.safetensors").string();
+  r =
+      run("train --model mobilenetv2 --width-mult 0.5 --epochs 1 --batch 32 --limit 64 --no-test --threads 2 "
+          "--out " +
+          out);
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  r = run("inspect " + out);
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("0.5") != std::string::npos);
+  // Half width: the stem has 16 output channels instead of 32.
+  CHECK(r.out.find("[16, 1, 3, 3]") != std::string::npos);
+}
+
 TEST_CASE("a truncated checkpoint: non-zero exit, one clear line") {
   const auto path = (work_dir() / "untrained.safetensors").string();
   zsq::Rng rng(0);

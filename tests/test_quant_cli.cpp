@@ -276,3 +276,49 @@ TEST_CASE("export --int: a deploy student becomes an integer model that eval and
   CHECK(r.code == 1);
   CHECK(r.err.find(int_model) != std::string::npos);
 }
+
+TEST_CASE("--opt sets named method options; they reach the report and a resume must repeat them") {
+  auto r = run("", "quantize --method zaq --budget standard --list-options");
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  CHECK(r.out.find("q_lr") != std::string::npos);
+  CHECK(r.out.find("lr_schedule") != std::string::npos);
+  CHECK(r.out.find("(default 0.0001)") != std::string::npos);  // the standard budget's student lr
+  r = run("", "quantize --method gdfq --list-options");
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("bns_weight") != std::string::npos);
+
+  // Bad keys and values are refused before any file is read, naming the key.
+  r = run("", "quantize --teacher /nonexistent --method zaq --opt q_lrr=1 --out y");
+  CHECK(r.code == 1);
+  CHECK(r.err.find("no option 'q_lrr'") != std::string::npos);
+  r = run("", "quantize --teacher /nonexistent --method zaq --opt q_lr=fast --out y");
+  CHECK(r.code == 1);
+  CHECK(r.err.find("--opt q_lr") != std::string::npos);
+  r = run("", "quantize --teacher /nonexistent --method gdfq --opt lr_schedule=linear --out y");
+  CHECK(r.code == 1);
+  CHECK(r.err.find("step, cosine") != std::string::npos);
+  r = run("", "quantize --teacher /nonexistent --method zaq --opt lr_milestones=5,3 --out y");
+  CHECK(r.code == 1);
+  CHECK(r.err.find("increasing") != std::string::npos);
+  r = run("", "quantize --teacher /nonexistent --method gaussian --opt q_lr=1 --out y");
+  CHECK(r.code == 1);
+  CHECK(r.err.find("--opt is for gdfq and zaq") != std::string::npos);
+
+  const auto out = (work_dir() / "run_opts").string();
+  const std::string base = fmt::format(
+      "quantize --teacher {} --method zaq --budget tiny --threads 1 "
+      "--calib-images 16 --out {}",
+      small_teacher(), out);
+  r = run("", base + " --opt q_lr=0.002 --opt lr_schedule=cosine --opt alpha=0.5");
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  const auto report = quant::read_report(out);
+  REQUIRE(report.contains("method_options"));
+  CHECK(report["method_options"]["q_lr"].get<double>() == doctest::Approx(0.002));
+  CHECK(report["method_options"]["alpha"].get<double>() == doctest::Approx(0.5));
+  CHECK(report["method_options"]["lr_schedule"] == "cosine");
+  CHECK(slurp(out + "/report.md").find("| method options |") != std::string::npos);
+  // The state records the options: resuming with others would silently change the run.
+  r = run("", base + " --opt q_lr=0.003 --opt lr_schedule=cosine --opt alpha=0.5 --resume");
+  CHECK(r.code == 1);
+  CHECK(r.err.find("resume with the same settings") != std::string::npos);
+}

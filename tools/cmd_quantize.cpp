@@ -29,6 +29,8 @@ struct QuantizeOptions {
   CommonOptions common;
   std::string teacher, method, out, convention = "paper", config_file;
   std::vector<std::string> sets;
+  std::vector<std::string> method_options;  // --opt KEY=VALUE (gdfq/zaq)
+  bool list_options = false;
   int wbits = 4, abits = 4;
   std::int64_t calib_images = 256, calib_batch = 128;
   std::string budget = "quick";
@@ -94,7 +96,7 @@ void run_quantize(const QuantizeOptions& o) {
   const auto channels = teacher.spec.config.at("in_channels").get<std::int64_t>();
   Tensor inputs;
   nlohmann::json losses = nlohmann::json::object();
-  nlohmann::json research;
+  nlohmann::json research, method_options;
   if (o.method == "gdfq" || o.method == "zaq") {
     GenerativeRunOptions go{.method = o.method,
                             .budget = o.budget,
@@ -106,11 +108,13 @@ void run_quantize(const QuantizeOptions& o) {
                             .epochs = o.epochs,
                             .iterations = o.iterations,
                             .batch = o.batch,
-                            .report_images = o.calib_images};
+                            .report_images = o.calib_images,
+                            .method_options = o.method_options};
     auto result = run_generative(go, *teacher.model, student);
     inputs = result.inputs;
     losses = result.losses;
     research = result.research;
+    method_options = result.method_options;
   } else if (o.method == "gaussian") {
     inputs = quant::gaussian_inputs(o.calib_images, channels, 32, rng);
   } else if (o.method == "gznq") {
@@ -158,6 +162,7 @@ void run_quantize(const QuantizeOptions& o) {
                         {"config", config.to_json()},
                         {"zsq_version", "0.1.0"}};
   if (!research.is_null()) report["research_mode"] = research;
+  if (!method_options.is_null()) report["method_options"] = method_options;
   report["layers"] = quant::analyze_layers(student, *teacher.model, first_rows(inputs, 256));
   report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   quant::write_report(o.out, report);
@@ -176,7 +181,7 @@ void add_quantize_command(CLI::App& app) {
   auto o = std::make_shared<QuantizeOptions>();
   auto* verb = app.add_subcommand(
       "quantize", "Zero-shot quantization of a teacher (reads no data set unless --eval-data)");
-  verb->add_option("--teacher", o->teacher, "Full-precision teacher file (.safetensors)")->required();
+  verb->add_option("--teacher", o->teacher, "Full-precision teacher file (.safetensors); required");
   verb->add_option("--method", o->method, "gaussian, zeroq, gdfq, gznq or zaq")
       ->required()
       ->check(CLI::IsMember({"gaussian", "zeroq", "gdfq", "gznq", "zaq"}));
@@ -201,6 +206,12 @@ void add_quantize_command(CLI::App& app) {
                    "gdfq/zaq, RESEARCH ONLY: evaluate the student on this Fashion-MNIST test set after "
                    "every epoch (metrics.csv test_acc, report marks best/last epoch); the run is then no "
                    "longer data-free");
+  verb->add_option("--opt", o->method_options,
+                   "gdfq/zaq: set one named method option over the budget's value, e.g. --opt q_lr=5e-5 "
+                   "(repeatable; --list-options shows them)")
+      ->type_name("KEY=VALUE");
+  verb->add_flag("--list-options", o->list_options,
+                 "Print the named options of --method (gdfq, zaq) with the --budget's values and exit");
   verb->add_option("--wbits", o->wbits, "Weight bits (2-8)")->check(CLI::Range(2, 8))->capture_default_str();
   verb->add_option("--abits", o->abits, "Activation bits (2-8)")
       ->check(CLI::Range(2, 8))
@@ -224,6 +235,12 @@ void add_quantize_command(CLI::App& app) {
   add_common_options(verb, o->common);
   verb->callback([o, verb] {
     QuantizeOptions resolved = *o;
+    if (resolved.list_options) {
+      fmt::print("{} options at the {} budget (--opt KEY=VALUE):\n{}", resolved.method, resolved.budget,
+                 method_options_help(resolved.method, resolved.budget));
+      return;
+    }
+    ZSQ_CHECK(!resolved.teacher.empty(), "zsq quantize: --teacher FILE is required");
     resolved.resuming = verb->count("--resume") > 0;
     if (resolved.resuming && !resolved.resume.empty()) {
       ZSQ_CHECK(resolved.out.empty() || std::filesystem::weakly_canonical(resolved.out) ==
@@ -239,6 +256,9 @@ void add_quantize_command(CLI::App& app) {
     ZSQ_CHECK(generative || resolved.eval_data.empty(),
               "zsq quantize: --eval-data is for gdfq and zaq (evaluation after every epoch), not {}",
               resolved.method);
+    ZSQ_CHECK(generative || resolved.method_options.empty(),
+              "zsq quantize: --opt is for gdfq and zaq, not {}", resolved.method);
+    if (generative) check_method_options(resolved.method, resolved.budget, resolved.method_options);
     ZSQ_CHECK(generative || (resolved.epochs == 0 && resolved.batch == 0),
               "zsq quantize: --epochs and --batch are for gdfq and zaq, not {}", resolved.method);
     ZSQ_CHECK(generative || resolved.method == "gznq" || resolved.iterations == 0,

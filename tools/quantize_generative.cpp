@@ -73,6 +73,7 @@ GenerativeRunResult run_trainer(const GenerativeRunOptions& o, models::Classifie
   if (o.iterations > 0) options.iterations = o.iterations;
   if (o.batch > 0) options.batch = o.batch;
   options.seed = o.seed;
+  for (const auto& kv : o.method_options) quant::set_option(options.fields(), kv, o.method);
   Trainer trainer(teacher, student, options);
   const fs::path out(o.out);
   fs::create_directories(out / "samples");
@@ -83,7 +84,8 @@ GenerativeRunResult run_trainer(const GenerativeRunOptions& o, models::Classifie
   const std::string schedule =
       fmt::format("method={} budget={} seed={} epochs={} iterations={} batch={} W{}A{}", o.method, o.budget,
                   o.seed, options.epochs, options.iterations, options.batch, student.config().weight_bits,
-                  student.config().act_bits);
+                  student.config().act_bits) +
+      (o.method_options.empty() ? "" : " options=" + options.to_json().dump());
   if (o.resume) {
     ZSQ_CHECK(fs::exists(state_path), "--resume: no training state at {} (it is written after every epoch)",
               state_path);
@@ -174,6 +176,7 @@ GenerativeRunResult run_trainer(const GenerativeRunOptions& o, models::Classifie
   result.losses["iterations_per_epoch"] = options.iterations;
   result.losses["batch"] = options.batch;
   result.research = research_block(trainer.test_accuracy(), o.eval_data);
+  result.method_options = options.to_json();
   Rng rng(o.seed + 99);
   const std::int64_t n = o.report_images;
   Tensor z = randn({n, trainer.generator().config().latent}, rng);
@@ -184,6 +187,27 @@ GenerativeRunResult run_trainer(const GenerativeRunOptions& o, models::Classifie
   return result;
 }
 }  // namespace
+
+void check_method_options(const std::string& method, const std::string& budget,
+                          const std::vector<std::string>& options) {
+  if (method == "gdfq") {
+    auto o = quant::GdfqOptions::budget(budget);
+    for (const auto& kv : options) quant::set_option(o.fields(), kv, method);
+  } else {
+    auto o = quant::ZaqOptions::budget(budget);
+    for (const auto& kv : options) quant::set_option(o.fields(), kv, method);
+  }
+}
+
+std::string method_options_help(const std::string& method, const std::string& budget) {
+  if (method == "gdfq") {
+    auto o = quant::GdfqOptions::budget(budget);
+    return quant::options_help(o.fields());
+  }
+  ZSQ_CHECK(method == "zaq", "--opt: {} has no named options (gdfq and zaq have)", method);
+  auto o = quant::ZaqOptions::budget(budget);
+  return quant::options_help(o.fields());
+}
 
 GenerativeRunResult run_generative(const GenerativeRunOptions& o, models::Classifier& teacher,
                                    quant::Student& student) {

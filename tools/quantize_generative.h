@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "models/layers.h"
 #include "quant/student.h"
@@ -21,13 +22,21 @@ struct GenerativeRunOptions {
   std::uint64_t seed = 0;
   std::int64_t epochs = 0, iterations = 0, batch = 0;  // > 0 overrides the budget's value
   std::int64_t report_images = 256;                    // generated images the per-layer report uses
+  std::vector<std::string> method_options;             // "KEY=VALUE" (--opt), applied over the budget
 };
 
 struct GenerativeRunResult {
   Tensor inputs;                                     // generated images for the per-layer report
   nlohmann::json losses = nlohmann::json::object();  // last iteration's losses and the schedule
   nlohmann::json research;                           // report "research_mode" block; null without --eval-data
+  nlohmann::json method_options;                     // every named option of the method as it ran
 };
+
+// Throws zsq::Error naming the key when one of the --opt values is not valid for method (gdfq or zaq).
+void check_method_options(const std::string& method, const std::string& budget,
+                          const std::vector<std::string>& options);
+// The --opt keys of a method with their meanings and budget defaults (for --help and errors).
+std::string method_options_help(const std::string& method, const std::string& budget);
 
 // Throws Interrupted (tools/interrupt.h) when a signal stopped the run.
 GenerativeRunResult run_generative(const GenerativeRunOptions& options, models::Classifier& teacher,

@@ -30,6 +30,29 @@ GdfqOptions GdfqOptions::budget(const std::string& name) {
   fail(fmt::format("unknown budget '{}' (tiny, quick, standard, paper)", name));
 }
 
+std::vector<OptionField> GdfqOptions::fields() {
+  return {
+      {"warmup_epochs", &warmup_epochs, "generator-only epochs before the student trains"},
+      {"freeze_epochs", &freeze_epochs, "freeze activation ranges from this epoch on"},
+      {"q_lr", &q_lr, "student SGD (Nesterov) learning rate"},
+      {"q_momentum", &q_momentum, "student SGD momentum"},
+      {"q_weight_decay", &q_weight_decay, "student weight decay"},
+      {"g_lr", &g_lr, "generator Adam learning rate"},
+      {"lr_schedule", &lr_schedule, "step (x0.1 at lr_milestones) or cosine", {"step", "cosine"}},
+      {"lr_milestones", &lr_milestones, "epochs where step multiplies both learning rates by 0.1"},
+      {"bns_weight", &bns_weight, "BN-statistics loss weight in the generator loss"},
+      {"temperature", &temperature, "KD temperature"},
+      {"kd_alpha", &kd_alpha, "KD weight in the student loss"},
+      {"legacy_kd_mean", &legacy_kd_mean, "KD averaged over N*K elements (the reference) instead of N"},
+      {"q_ce_weight", &q_ce_weight, "student cross-entropy weight towards the generator's labels"},
+  };
+}
+
+nlohmann::json GdfqOptions::to_json() const {
+  GdfqOptions copy = *this;
+  return options_to_json(copy.fields());
+}
+
 GdfqTrainer::GdfqTrainer(models::Classifier& teacher, Student& student, const GdfqOptions& options)
     : GenerativeTrainer("gdfq", teacher, student, options.epochs, options.iterations, options.seed, 1),
       options_(options) {
@@ -50,10 +73,9 @@ GdfqTrainer::GdfqTrainer(models::Classifier& teacher, Student& student, const Gd
 }
 
 void GdfqTrainer::begin_epoch(std::int64_t epoch) {
-  MultiStepSchedule q_lr(options_.q_lr, options_.lr_milestones, 0.1f),
-      g_lr(options_.g_lr, options_.lr_milestones, 0.1f);
-  q_optim_->set_lr(q_lr.at(epoch));
-  g_optim_->set_lr(g_lr.at(epoch));
+  const auto& o = options_;
+  q_optim_->set_lr(epoch_learning_rate(o.q_lr, o.lr_schedule, o.lr_milestones, epoch, o.epochs));
+  g_optim_->set_lr(epoch_learning_rate(o.g_lr, o.lr_schedule, o.lr_milestones, epoch, o.epochs));
   if (epoch >= options_.freeze_epochs)
     student_.freeze_ranges();
   else
@@ -94,7 +116,8 @@ GdfqIteration GdfqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, R
   Tensor q_logits = student_.model().forward(x);
   Tensor kd = kd_loss(q_logits, teacher_logits, options_.temperature, options_.legacy_kd_mean);
   Tensor q_ce = ops::cross_entropy(q_logits, labels);
-  Tensor q_loss = ops::add(ops::mul_scalar(kd, options_.kd_alpha), q_ce);
+  Tensor q_loss =
+      ops::add(ops::mul_scalar(kd, options_.kd_alpha), ops::mul_scalar(q_ce, options_.q_ce_weight));
   r.q_kd = kd.item();
   r.q_ce = q_ce.item();
   r.q_loss = q_loss.item();

@@ -19,6 +19,7 @@
 #include "engine/optim.h"
 #include "models/generator.h"
 #include "quant/methods/generative_trainer.h"
+#include "quant/methods/method_options.h"
 #include "quant/student.h"
 
 namespace zsq::quant {
@@ -38,7 +39,14 @@ struct GdfqOptions {
   float kd_alpha = 1.0f;
   bool legacy_kd_mean = true;
   std::vector<std::int64_t> lr_milestones{100, 200, 300};  // epochs, x0.1 for both optimizers
+  std::string lr_schedule = "step";  // step: x0.1 at lr_milestones; cosine: per epoch to 0 at the end
+  float q_ce_weight = 1.0f;          // weight of the student's cross-entropy towards the generator's labels
   std::uint64_t seed = 0;
+
+  // The tunable fields by name (zsq quantize --opt KEY=VALUE); epochs, iterations and batch have their
+  // own flags.
+  std::vector<OptionField> fields();
+  nlohmann::json to_json() const;
 
   // "paper": the published CIFAR schedule above. "standard": about an hour on 2 cores.
   // "quick": under 10 minutes on 2 cores. "tiny": seconds, for tests and smoke checks only.

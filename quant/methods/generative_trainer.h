@@ -19,6 +19,16 @@ namespace zsq::quant {
 
 // What the caller (the CLI) plugs into the epoch loop. quant/ never sees data: test-set evaluation, when
 // a research run asks for it, arrives here as an opaque callback from the tools layer.
+// Learning rate of an epoch: "step" multiplies base by 0.1 at each milestone, "cosine" follows
+// base * (1 + cos(pi * epoch / epochs)) / 2, one value per epoch.
+inline float epoch_learning_rate(float base, const std::string& schedule,
+                                 const std::vector<std::int64_t>& milestones, std::int64_t epoch,
+                                 std::int64_t epochs) {
+  if (schedule == "cosine") return CosineSchedule(base, epochs).at(epoch);
+  ZSQ_CHECK(schedule == "step", "unknown lr_schedule '{}' (step, cosine)", schedule);
+  return MultiStepSchedule(base, milestones, 0.1f).at(epoch);
+}
+
 template <typename Iteration>
 struct TrainingHooks {
   std::function<void(const Iteration&)> on_iteration;

@@ -34,6 +34,28 @@ ZaqOptions ZaqOptions::budget(const std::string& name) {
   fail(fmt::format("unknown budget '{}' (tiny, quick, standard, paper)", name));
 }
 
+std::vector<OptionField> ZaqOptions::fields() {
+  return {
+      {"q_steps", &q_steps, "student steps per generator step"},
+      {"q_lr", &q_lr, "student SGD learning rate"},
+      {"q_momentum", &q_momentum, "student SGD momentum"},
+      {"q_weight_decay", &q_weight_decay, "student weight decay"},
+      {"g_lr", &g_lr, "generator Adam learning rate"},
+      {"lr_schedule", &lr_schedule, "step (x0.1 at lr_milestones) or cosine", {"step", "cosine"}},
+      {"lr_milestones", &lr_milestones, "epochs where step multiplies both learning rates by 0.1"},
+      {"alpha", &alpha, "feature discrepancy weight"},
+      {"beta", &beta, "activation regularizer weight"},
+      {"gamma", &gamma, "relation-map residual weight"},
+      {"student_bn_train", &student_bn_train, "student BN in train mode (the reference) instead of fixed"},
+      {"freeze_epochs", &freeze_epochs, "freeze activation ranges from this epoch on (-1: never)"},
+  };
+}
+
+nlohmann::json ZaqOptions::to_json() const {
+  ZaqOptions copy = *this;
+  return options_to_json(copy.fields());
+}
+
 namespace {
 // R = gamma * attention(X, X, X, scale) + X for rows X [B, M, D].
 Tensor relation(const Tensor& rows, float scale, float gamma) {
@@ -78,10 +100,9 @@ ZaqTrainer::ZaqTrainer(models::Classifier& teacher, Student& student, const ZaqO
 }
 
 void ZaqTrainer::begin_epoch(std::int64_t epoch) {
-  MultiStepSchedule q_lr(options_.q_lr, options_.lr_milestones, 0.1f),
-      g_lr(options_.g_lr, options_.lr_milestones, 0.1f);
-  q_optim_->set_lr(q_lr.at(epoch));
-  g_optim_->set_lr(g_lr.at(epoch));
+  const auto& o = options_;
+  q_optim_->set_lr(epoch_learning_rate(o.q_lr, o.lr_schedule, o.lr_milestones, epoch, o.epochs));
+  g_optim_->set_lr(epoch_learning_rate(o.g_lr, o.lr_schedule, o.lr_milestones, epoch, o.epochs));
   if (options_.freeze_epochs >= 0 && epoch >= options_.freeze_epochs)
     student_.freeze_ranges();
   else

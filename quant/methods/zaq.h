@@ -19,6 +19,7 @@
 #include "engine/optim.h"
 #include "models/generator.h"
 #include "quant/methods/generative_trainer.h"
+#include "quant/methods/method_options.h"
 #include "quant/student.h"
 
 namespace zsq::quant {
@@ -33,12 +34,18 @@ struct ZaqOptions {
   float q_weight_decay = 5e-4f;
   float g_lr = 1e-3f;
   std::vector<std::int64_t> lr_milestones{100, 200};
-  float alpha = 1.0f;               // feature discrepancy weight
-  float beta = 0.1f;                // activation regularizer weight
-  float gamma = 0.1f;               // relation-map residual weight
-  bool student_bn_train = true;     // the reference keeps Q's BN in train mode
-  std::int64_t freeze_epochs = -1;  // < 0: ranges never frozen (the reference)
+  float alpha = 1.0f;                // feature discrepancy weight
+  float beta = 0.1f;                 // activation regularizer weight
+  float gamma = 0.1f;                // relation-map residual weight
+  bool student_bn_train = true;      // the reference keeps Q's BN in train mode
+  std::int64_t freeze_epochs = -1;   // < 0: ranges never frozen (the reference)
+  std::string lr_schedule = "step";  // step: x0.1 at lr_milestones; cosine: per epoch to 0 at the end
   std::uint64_t seed = 0;
+
+  // The tunable fields by name (zsq quantize --opt KEY=VALUE); epochs, iterations and batch have their
+  // own flags.
+  std::vector<OptionField> fields();
+  nlohmann::json to_json() const;
 
   // "paper": the reference configuration above. "quick" (< 10 min on 2 cores) and "standard" (~1 h)
   // use the stable settings: Q's BN fixed (eval), Q lr 1e-4 with Nesterov, ranges frozen after epoch 1.

@@ -1,0 +1,30 @@
+// Named options of a method (`zsq quantize --opt KEY=VALUE`): each options struct lists its tunable
+// fields once, with a name and a one-line meaning, and gets parsing, validation messages, a JSON dump
+// for the report and a help text from that list. ALGORITHMS.md asks for every [I] choice to be a named,
+// documented option; this is how they are reachable without a rebuild.
+#pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace zsq::quant {
+
+struct OptionField {
+  std::string name;
+  std::variant<float*, std::int64_t*, bool*, std::string*, std::vector<std::int64_t>*> target;
+  std::string help;
+  std::vector<std::string> choices = {};  // string fields: the accepted values
+};
+
+// Parses "key=value" into the field named key. Floats and integers must parse whole; bools are
+// true/false/1/0; integer lists are comma-separated ("" or "none" for empty). Throws zsq::Error naming
+// the method, the key and the accepted keys or values.
+void set_option(const std::vector<OptionField>& fields, const std::string& key_equals_value,
+                const std::string& method);
+nlohmann::json options_to_json(const std::vector<OptionField>& fields);
+// "  key  meaning (default)" lines for --help texts and error messages.
+std::string options_help(const std::vector<OptionField>& fields);
+
+}  // namespace zsq::quant
