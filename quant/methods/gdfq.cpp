@@ -38,6 +38,7 @@ std::vector<OptionField> GdfqOptions::fields() {
       {"q_momentum", &q_momentum, "student SGD momentum"},
       {"q_weight_decay", &q_weight_decay, "student weight decay"},
       {"g_lr", &g_lr, "generator Adam learning rate"},
+      {"weight_average", &weight_average, "EMA decay per iteration of the student's weights (0: off)"},
       {"lr_schedule", &lr_schedule, "step (x0.1 at lr_milestones) or cosine", {"step", "cosine"}},
       {"lr_milestones", &lr_milestones, "epochs where step multiplies both learning rates by 0.1"},
       {"bns_weight", &bns_weight, "BN-statistics loss weight in the generator loss"},
@@ -70,6 +71,8 @@ GdfqTrainer::GdfqTrainer(models::Classifier& teacher, Student& student, const Gd
                                                                       .momentum = options.q_momentum,
                                                                       .weight_decay = options.q_weight_decay,
                                                                       .nesterov = true});
+  if (options.weight_average > 0)
+    average_ = std::make_unique<WeightAverage>(student_.model(), options.weight_average);
 }
 
 void GdfqTrainer::begin_epoch(std::int64_t epoch) {

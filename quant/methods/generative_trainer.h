@@ -13,6 +13,7 @@
 #include "engine/optim.h"
 #include "models/generator.h"
 #include "quant/methods/trainer_state.h"
+#include "quant/methods/weight_average.h"
 #include "quant/student.h"
 
 namespace zsq::quant {
@@ -57,14 +58,21 @@ class GenerativeTrainer {
       for (std::int64_t it = 0; it < iterations_; ++it) {
         if (hooks.stop_requested && hooks.stop_requested()) return false;
         const Iteration r = iterate(epoch, it, rng);
+        if (average_) average_->update();
         if (hooks.on_iteration) hooks.on_iteration(r);
       }
       epochs_done_ = epoch + 1;
       student_.freeze_ranges();
       student_.model().eval();
-      if (hooks.evaluate) test_accuracy_.push_back({epochs_done_, hooks.evaluate(student_.model())});
+      if (hooks.evaluate) {
+        if (average_) average_->swap();  // evaluate what the run would hand out
+        test_accuracy_.push_back({epochs_done_, hooks.evaluate(student_.model())});
+        if (average_) average_->swap();
+      }
       if (hooks.on_epoch_end) hooks.on_epoch_end(epochs_done_);
     }
+    // The final student is the average; the state written above keeps the raw weights for a resume.
+    if (average_) average_->swap();
     return true;
   }
   bool run(const std::function<void(const Iteration&)>& on_iteration,
@@ -91,10 +99,12 @@ class GenerativeTrainer {
   void save_state(Checkpoint& checkpoint) const {
     save_trainer_state(checkpoint, method_, epochs_done_, test_accuracy_,
                        {*generator_, *g_optim_, *q_optim_, student_});
+    if (average_) average_->save(checkpoint);
   }
   void load_state(const Checkpoint& checkpoint) {
     epochs_done_ = load_trainer_state(checkpoint, method_, test_accuracy_,
                                       {*generator_, *g_optim_, *q_optim_, student_});
+    if (average_) average_->load(checkpoint);
   }
 
  protected:
@@ -120,6 +130,7 @@ class GenerativeTrainer {
   std::unique_ptr<models::Generator> generator_;
   std::unique_ptr<Adam> g_optim_;
   std::unique_ptr<Sgd> q_optim_;
+  std::unique_ptr<WeightAverage> average_;  // set by a method whose options ask for weight_average > 0
   std::int64_t epochs_done_ = 0;
   std::vector<EpochAccuracy> test_accuracy_;
 };

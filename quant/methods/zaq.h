@@ -39,6 +39,7 @@ struct ZaqOptions {
   float gamma = 0.1f;                // relation-map residual weight
   bool student_bn_train = true;      // the reference keeps Q's BN in train mode
   std::int64_t freeze_epochs = -1;   // < 0: ranges never frozen (the reference)
+  float weight_average = 0.0f;       // > 0: the student handed out is an EMA of its weights with this decay
   std::string lr_schedule = "step";  // step: x0.1 at lr_milestones; cosine: per epoch to 0 at the end
   std::uint64_t seed = 0;
 

@@ -1,0 +1,52 @@
+#include "quant/methods/weight_average.h"
+
+#include <algorithm>
+
+#include "engine/check.h"
+
+namespace zsq::quant {
+
+WeightAverage::WeightAverage(Module& model, float decay)
+    : parameters_(model.named_parameters()), decay_(decay) {
+  ZSQ_CHECK(decay >= 0.0f && decay < 1.0f, "weight_average: decay must be in [0, 1), got {}", decay);
+  for (const auto& [name, p] : parameters_) average_.push_back(p.detach().clone());
+}
+
+void WeightAverage::update() {
+  const float keep = updates_ == 0 ? 0.0f : decay_;
+  for (std::size_t i = 0; i < parameters_.size(); ++i) {
+    const float* w = parameters_[i].second.f32();
+    float* a = average_[i].f32();
+    const auto n = average_[i].numel();
+    for (std::int64_t j = 0; j < n; ++j) a[j] = keep * a[j] + (1.0f - keep) * w[j];
+  }
+  ++updates_;
+}
+
+void WeightAverage::swap() {
+  for (std::size_t i = 0; i < parameters_.size(); ++i)
+    std::swap_ranges(parameters_[i].second.f32(), parameters_[i].second.f32() + average_[i].numel(),
+                     average_[i].f32());
+}
+
+void WeightAverage::save(Checkpoint& checkpoint) const {
+  checkpoint.metadata["zsq.average.updates"] = std::to_string(updates_);
+  for (std::size_t i = 0; i < parameters_.size(); ++i)
+    checkpoint.add("average." + parameters_[i].first, average_[i]);
+}
+
+void WeightAverage::load(const Checkpoint& checkpoint) {
+  auto it = checkpoint.metadata.find("zsq.average.updates");
+  ZSQ_CHECK(it != checkpoint.metadata.end(),
+            "{}: no weight average in this state (the run was started without weight_average)",
+            checkpoint.path);
+  for (std::size_t i = 0; i < parameters_.size(); ++i) {
+    const Tensor* t = checkpoint.find("average." + parameters_[i].first);
+    ZSQ_CHECK(t != nullptr && t->shape() == average_[i].shape(), "{}: missing or misshapen average.{}",
+              checkpoint.path, parameters_[i].first);
+    average_[i].copy_from(*t);
+  }
+  updates_ = std::stoll(it->second);
+}
+
+}  // namespace zsq::quant
