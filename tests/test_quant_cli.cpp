@@ -302,7 +302,7 @@ TEST_CASE("--opt sets named method options; they reach the report and a resume m
   CHECK(r.err.find("increasing") != std::string::npos);
   r = run("", "quantize --teacher /nonexistent --method gaussian --opt q_lr=1 --out y");
   CHECK(r.code == 1);
-  CHECK(r.err.find("--opt is for gdfq and zaq") != std::string::npos);
+  CHECK(r.err.find("--opt is for gdfq, zaq and gznq") != std::string::npos);
 
   const auto out = (work_dir() / "run_opts").string();
   const std::string base = fmt::format(

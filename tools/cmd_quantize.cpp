@@ -17,6 +17,7 @@
 #include "models/model_file.h"
 #include "quant/distill.h"
 #include "quant/methods/gznq.h"
+#include "quant/methods/kd_finetune.h"
 #include "quant/report.h"
 #include "quant/student.h"
 #include "tools/commands.h"
@@ -97,6 +98,8 @@ void run_quantize(const QuantizeOptions& o) {
   Tensor inputs;
   nlohmann::json losses = nlohmann::json::object();
   nlohmann::json research, method_options;
+  quant::GznqOptions go;
+  Tensor gznq_log_std;
   if (o.method == "gdfq" || o.method == "zaq") {
     GenerativeRunOptions go{.method = o.method,
                             .budget = o.budget,
@@ -118,15 +121,20 @@ void run_quantize(const QuantizeOptions& o) {
   } else if (o.method == "gaussian") {
     inputs = quant::gaussian_inputs(o.calib_images, channels, 32, rng);
   } else if (o.method == "gznq") {
-    auto go = quant::GznqOptions::budget(o.budget);
+    go = quant::GznqOptions::budget(o.budget);
     go.batch = o.calib_images;
+    for (const auto& kv : o.method_options) quant::set_option(go.fields(), kv, "gznq");
     if (o.iterations > 0) go.iterations = o.iterations;
     Progress progress("gznq synthesis", go.iterations, "it");
     quant::GznqStep last{};
-    inputs = quant::gznq_synthesize(*teacher.model, channels, go, rng, [&](const quant::GznqStep& st) {
-      last = st;
-      progress.update(st.iteration, fmt::format("loss {:.4f} kl {:.4f} ce {:.4f}", st.loss, st.kl, st.ce));
-    });
+    inputs = quant::gznq_synthesize(
+        *teacher.model, channels, go, rng,
+        [&](const quant::GznqStep& st) {
+          last = st;
+          progress.update(st.iteration,
+                          fmt::format("loss {:.4f} kl {:.4f} ce {:.4f}", st.loss, st.kl, st.ce));
+        },
+        &gznq_log_std);
     progress.finish(fmt::format("kl {:.4f} ce {:.4f}", last.kl, last.ce));
     losses = {{"gznq_kl_final", last.kl}, {"gznq_ce_final", last.ce}, {"iterations", go.iterations}};
   } else {
@@ -142,6 +150,24 @@ void run_quantize(const QuantizeOptions& o) {
     losses["zeroq_bns_final"] = last_bns;
   }
   if (o.method != "gdfq" && o.method != "zaq") calibrate(student, inputs, o.calib_batch);
+  if (o.method == "gznq") {
+    method_options = go.to_json();
+    if (go.finetune.steps > 0) {
+      // GZNQ's optional last stage: KD fine-tuning on fresh samples of the learned Gaussians.
+      Progress progress("gznq kd fine-tune", go.finetune.steps, "step");
+      float last_loss = 0.0f;
+      quant::kd_finetune(
+          *teacher.model, student, go.finetune,
+          [&](std::int64_t n, Rng& r) { return quant::gznq_sample(inputs, gznq_log_std, n, r); }, rng,
+          [&](const quant::KdFinetuneStep& st) {
+            last_loss = st.loss;
+            progress.update(st.step, fmt::format("kd {:.4f}", st.loss));
+          });
+      progress.finish(fmt::format("kd {:.4f}", last_loss));
+      losses["kd_finetune_final"] = last_loss;
+      losses["kd_finetune_steps"] = go.finetune.steps;
+    }
+  }
 
   std::filesystem::create_directories(o.out);
   const std::string student_path = (std::filesystem::path(o.out) / "student.safetensors").string();
@@ -207,11 +233,11 @@ void add_quantize_command(CLI::App& app) {
                    "every epoch (metrics.csv test_acc, report marks best/last epoch); the run is then no "
                    "longer data-free");
   verb->add_option("--opt", o->method_options,
-                   "gdfq/zaq: set one named method option over the budget's value, e.g. --opt q_lr=5e-5 "
+                   "gdfq/zaq/gznq: set one named method option over the budget's value, e.g. --opt q_lr=5e-5 "
                    "(repeatable; --list-options shows them)")
       ->type_name("KEY=VALUE");
   verb->add_flag("--list-options", o->list_options,
-                 "Print the named options of --method (gdfq, zaq) with the --budget's values and exit");
+                 "Print the named options of --method (gdfq, zaq, gznq) with the --budget's values and exit");
   verb->add_option("--wbits", o->wbits, "Weight bits (2-8)")->check(CLI::Range(2, 8))->capture_default_str();
   verb->add_option("--abits", o->abits, "Activation bits (2-8)")
       ->check(CLI::Range(2, 8))
@@ -258,7 +284,8 @@ void add_quantize_command(CLI::App& app) {
               resolved.method);
     ZSQ_CHECK(generative || resolved.method_options.empty(),
               "zsq quantize: --opt is for gdfq and zaq, not {}", resolved.method);
-    if (generative) check_method_options(resolved.method, resolved.budget, resolved.method_options);
+    if (generative || resolved.method == "gznq")
+      check_method_options(resolved.method, resolved.budget, resolved.method_options);
     ZSQ_CHECK(generative || (resolved.epochs == 0 && resolved.batch == 0),
               "zsq quantize: --epochs and --batch are for gdfq and zaq, not {}", resolved.method);
     ZSQ_CHECK(generative || resolved.method == "gznq" || resolved.iterations == 0,

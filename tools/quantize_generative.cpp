@@ -11,6 +11,7 @@
 #include "engine/progress.h"
 #include "models/generator_file.h"
 #include "quant/methods/gdfq.h"
+#include "quant/methods/gznq.h"
 #include "quant/methods/zaq.h"
 #include "tools/evaluate.h"
 #include "tools/interrupt.h"
@@ -193,6 +194,9 @@ void check_method_options(const std::string& method, const std::string& budget,
   if (method == "gdfq") {
     auto o = quant::GdfqOptions::budget(budget);
     for (const auto& kv : options) quant::set_option(o.fields(), kv, method);
+  } else if (method == "gznq") {
+    auto o = quant::GznqOptions::budget(budget);
+    for (const auto& kv : options) quant::set_option(o.fields(), kv, method);
   } else {
     auto o = quant::ZaqOptions::budget(budget);
     for (const auto& kv : options) quant::set_option(o.fields(), kv, method);
@@ -204,7 +208,11 @@ std::string method_options_help(const std::string& method, const std::string& bu
     auto o = quant::GdfqOptions::budget(budget);
     return quant::options_help(o.fields());
   }
-  ZSQ_CHECK(method == "zaq", "--opt: {} has no named options (gdfq and zaq have)", method);
+  if (method == "gznq") {
+    auto o = quant::GznqOptions::budget(budget);
+    return quant::options_help(o.fields());
+  }
+  ZSQ_CHECK(method == "zaq", "--opt: {} has no named options (gdfq, zaq and gznq have)", method);
   auto o = quant::ZaqOptions::budget(budget);
   return quant::options_help(o.fields());
 }

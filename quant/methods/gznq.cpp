@@ -26,8 +26,44 @@ GznqOptions GznqOptions::budget(const std::string& name) {
   return o;
 }
 
+std::vector<OptionField> GznqOptions::fields() {
+  return {
+      {"iterations", &iterations, "synthesis steps (also --iters)"},
+      {"lr", &lr, "Adam learning rate of the Gaussians' means and log-stds"},
+      {"ce_weight", &ce_weight, "cross-entropy weight towards the assigned labels"},
+      {"entropy_weight", &entropy_weight, "reward on the Gaussians' entropy (keeps samples diverse)"},
+      {"initial_std", &initial_std, "initial per-pixel standard deviation"},
+      {"finetune_steps", &finetune.steps, "KD fine-tuning steps after calibration (0: calibration only)"},
+      {"finetune_batch", &finetune.batch, "KD fine-tuning batch (fresh Gaussian samples each step)"},
+      {"finetune_lr", &finetune.lr, "KD fine-tuning SGD (Nesterov) learning rate"},
+      {"finetune_temperature", &finetune.temperature, "KD temperature"},
+  };
+}
+
+nlohmann::json GznqOptions::to_json() const {
+  GznqOptions copy = *this;
+  return options_to_json(copy.fields());
+}
+
+Tensor gznq_sample(const Tensor& mean, const Tensor& log_std, std::int64_t n, Rng& rng) {
+  ZSQ_CHECK(mean.dim() == 4 && mean.shape() == log_std.shape() && n > 0,
+            "gznq_sample: mean and log-std must be equal 4-D shapes, got {} and {}", mean.str(),
+            log_std.str());
+  const auto rows = mean.size(0), per_image = mean.numel() / rows;
+  Tensor out = Tensor::empty({n, mean.size(1), mean.size(2), mean.size(3)});
+  Tensor noise = randn({n, mean.size(1), mean.size(2), mean.size(3)}, rng);
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float* mu = mean.f32() + (i % rows) * per_image;
+    const float* rho = log_std.f32() + (i % rows) * per_image;
+    const float* z = noise.f32() + i * per_image;
+    float* x = out.f32() + i * per_image;
+    for (std::int64_t j = 0; j < per_image; ++j) x[j] = mu[j] + std::exp(rho[j]) * z[j];
+  }
+  return out;
+}
+
 Tensor gznq_synthesize(models::Classifier& teacher, std::int64_t channels, const GznqOptions& o, Rng& rng,
-                       const std::function<void(const GznqStep&)>& on_step) {
+                       const std::function<void(const GznqStep&)>& on_step, Tensor* log_std_out) {
   ZSQ_CHECK(o.batch > 1 && o.iterations >= 0 && o.lr > 0 && o.initial_std > 0,
             "gznq: batch > 1, iterations >= 0, lr > 0 and initial_std > 0 required");
   teacher.eval();
@@ -57,6 +93,7 @@ Tensor gznq_synthesize(models::Classifier& teacher, std::int64_t channels, const
     adam.step();
     if (on_step) on_step({it + 1, value, kl.item(), ce.item()});
   }
+  if (log_std_out != nullptr) *log_std_out = rho.detach().clone();
   return mu.detach().clone();
 }
 

@@ -4,12 +4,16 @@
 // distribution of the teacher's BN inputs matches its running statistics in KL divergence:
 //   L = KL_BN + ce_weight * CE(P(x), y) - entropy_weight * mean(rho_x).
 // The exported means are the calibration set for §0 quantization (ranges from the student's observer).
+// Optionally the calibrated student is then KD fine-tuned (quant/methods/kd_finetune.h) on fresh samples
+// mu_x + exp(rho_x) * noise of the learned Gaussians (finetune_steps > 0).
 #pragma once
 #include <functional>
 #include <string>
 
 #include "engine/rng.h"
 #include "models/layers.h"
+#include "quant/methods/kd_finetune.h"
+#include "quant/methods/method_options.h"
 
 namespace zsq::quant {
 
@@ -21,6 +25,11 @@ struct GznqOptions {
   float entropy_weight = 1e-3f;
   float initial_std = 0.1f;
   std::int64_t image_size = 32;
+  KdFinetuneOptions finetune;  // steps 0: calibration only
+
+  // The tunable fields by name (zsq quantize --opt KEY=VALUE).
+  std::vector<OptionField> fields();
+  nlohmann::json to_json() const;
 
   // quick: 150 steps (~2 min on 2 cores); standard: 1000; paper: 2000 (the suggested upper end);
   // tiny: 3 (tests and smoke checks only).
@@ -32,8 +41,13 @@ struct GznqStep {
   float loss, kl, ce;
 };
 
-// Returns the optimized means mu_x, f32 [batch, C, S, S] (C = the teacher's input channels, 1 here).
+// Returns the optimized means mu_x, f32 [batch, C, S, S] (C = the teacher's input channels, 1 here);
+// log_std_out, when given, receives rho_x of the same shape.
 Tensor gznq_synthesize(models::Classifier& teacher, std::int64_t channels, const GznqOptions& options,
-                       Rng& rng, const std::function<void(const GznqStep&)>& on_step = {});
+                       Rng& rng, const std::function<void(const GznqStep&)>& on_step = {},
+                       Tensor* log_std_out = nullptr);
+
+// n images drawn from the learned Gaussians: image i uses the mean and log-std of row i mod batch.
+Tensor gznq_sample(const Tensor& mean, const Tensor& log_std, std::int64_t n, Rng& rng);
 
 }  // namespace zsq::quant

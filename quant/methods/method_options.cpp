@@ -91,7 +91,7 @@ nlohmann::json options_to_json(const std::vector<OptionField>& fields) {
 std::string options_help(const std::vector<OptionField>& fields) {
   std::string out;
   for (const auto& f : fields)
-    out += fmt::format("  {:<18} {} (default {})\n", f.name, f.help, value_json(f).dump());
+    out += fmt::format("  {:<22} {} (default {})\n", f.name, f.help, value_json(f).dump());
   return out;
 }
 
