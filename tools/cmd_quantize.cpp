@@ -282,8 +282,8 @@ void add_quantize_command(CLI::App& app) {
     ZSQ_CHECK(generative || resolved.eval_data.empty(),
               "zsq quantize: --eval-data is for gdfq and zaq (evaluation after every epoch), not {}",
               resolved.method);
-    ZSQ_CHECK(generative || resolved.method_options.empty(),
-              "zsq quantize: --opt is for gdfq and zaq, not {}", resolved.method);
+    ZSQ_CHECK(generative || resolved.method == "gznq" || resolved.method_options.empty(),
+              "zsq quantize: --opt is for gdfq, zaq and gznq, not {}", resolved.method);
     if (generative || resolved.method == "gznq")
       check_method_options(resolved.method, resolved.budget, resolved.method_options);
     ZSQ_CHECK(generative || (resolved.epochs == 0 && resolved.batch == 0),
