@@ -41,6 +41,7 @@ std::vector<OptionField> GdfqOptions::fields() {
       {"weight_average", &weight_average, "EMA decay per iteration of the student's weights (0: off)"},
       {"lr_schedule", &lr_schedule, "step (x0.1 at lr_milestones) or cosine", {"step", "cosine"}},
       {"lr_milestones", &lr_milestones, "epochs where step multiplies both learning rates by 0.1"},
+      {"bn_eps_quirk", &bn_eps_quirk, "generator BN eps 0.8 (the reference's positional-argument quirk)"},
       {"bns_weight", &bns_weight, "BN-statistics loss weight in the generator loss"},
       {"temperature", &temperature, "KD temperature"},
       {"kd_alpha", &kd_alpha, "KD weight in the student loss"},
@@ -62,6 +63,7 @@ GdfqTrainer::GdfqTrainer(models::Classifier& teacher, Student& student, const Gd
             "must be positive (batch > 1 for batch statistics)");
   Rng init(options.seed ^ 0x6764667175ULL);
   auto config = models::GeneratorConfig::gdfq(teacher.num_classes(), 1);
+  config.gdfq_bn_eps_quirk = options.bn_eps_quirk;
   generator_ = std::make_unique<models::Generator>(config, init);
   g_optim_ = std::make_unique<Adam>(generator_->parameters(), AdamOptions{.lr = options.g_lr, .beta1 = 0.5f});
   // Q in eval mode throughout (fixed BN statistics); every parameter, BN affine included, trains.
