@@ -48,8 +48,9 @@ struct ZaqOptions {
   std::vector<OptionField> fields();
   nlohmann::json to_json() const;
 
-  // "paper": the reference configuration above. "quick" (< 10 min on 2 cores) and "standard" (~1 h)
-  // use the stable settings: Q's BN fixed (eval), Q lr 1e-4 with Nesterov, ranges frozen after epoch 1.
+  // "paper": the reference configuration above. "quick" (4 x 10 iterations, ~4 min on 2 cores) and
+  // "standard" (8 x 10, ~9 min: longer adversarial training measured worse, see zaq.cpp) use the stable
+  // settings: Q's BN fixed (eval), Q lr 1e-4 with Nesterov, ranges frozen after epoch 1.
   // "tiny" (seconds; tests and smoke checks only) uses them too.
   static ZaqOptions budget(const std::string& name);
 };
