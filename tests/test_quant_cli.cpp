@@ -321,4 +321,12 @@ TEST_CASE("--opt sets named method options; they reach the report and a resume m
   r = run("", base + " --opt q_lr=0.003 --opt lr_schedule=cosine --opt alpha=0.5 --resume");
   CHECK(r.code == 1);
   CHECK(r.err.find("resume with the same settings") != std::string::npos);
+
+  // A student step that overflows a weight ends the run with what diverged and what to change.
+  r = run("", fmt::format("quantize --teacher {} --method zaq --budget tiny --threads 1 --calib-images 16 "
+                          "--out {} --opt q_lr=3e38",
+                          small_teacher(), (work_dir() / "run_diverged").string()));
+  CHECK(r.code == 1);
+  CHECK(r.err.find("the student diverged at epoch 1 iteration 1") != std::string::npos);
+  CHECK(r.err.find("--opt q_lr=") != std::string::npos);
 }

@@ -139,6 +139,7 @@ GdfqIteration GdfqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, R
     q_optim_->zero_grad();
     q_loss.backward();
     q_optim_->step();
+    check_student_finite(epoch, iteration, r.q_loss, q_optim_->lr());
     r.student_updated = true;
   }
   return r;

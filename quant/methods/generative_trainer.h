@@ -4,6 +4,7 @@
 // Every epoch draws from an RNG derived from (seed, method stream, epoch), so a run resumed at an epoch
 // boundary replays exactly what an uninterrupted run would have done.
 #pragma once
+#include <cmath>
 #include <functional>
 #include <memory>
 #include <string>
@@ -120,6 +121,21 @@ class GenerativeTrainer {
     teacher_.eval();
     teacher_.set_requires_grad(false);  // gradients reach G through the frozen teacher's input only
     student_.model().set_requires_grad(true);
+  }
+
+  // After a student step: a finite loss can still take a step that overflows a weight (a depthwise
+  // channel of MobileNetV2 at 4 bits did); stop with what happened and what to change instead of failing
+  // later inside a quantizer.
+  void check_student_finite(std::int64_t epoch, std::int64_t iteration, float loss, float lr) const {
+    for (const auto& [name, p] : student_.model().named_parameters()) {
+      const float* v = p.f32();
+      for (std::int64_t i = 0, n = p.numel(); i < n; ++i)
+        ZSQ_CHECK(std::isfinite(v[i]),
+                  "{}: the student diverged at epoch {} iteration {}: {} became non-finite after a step "
+                  "with loss {} (student lr {}); lower the student learning rate with --opt q_lr=... "
+                  "(for example a tenth)",
+                  method_, epoch + 1, iteration + 1, name, loss, lr);
+    }
   }
 
   std::string method_;

@@ -161,6 +161,7 @@ ZaqIteration ZaqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, Rng
     q_optim_->zero_grad();
     loss.backward();
     q_optim_->step();
+    check_student_finite(epoch, iteration, r.q_loss, q_optim_->lr());
   }
 
   Tensor x = generator_->forward(randn({options_.batch, latent}, rng));
