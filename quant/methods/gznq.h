@@ -31,8 +31,8 @@ struct GznqOptions {
   std::vector<OptionField> fields();
   nlohmann::json to_json() const;
 
-  // quick: 150 steps (~2 min on 2 cores); standard: 1000; paper: 2000 (the suggested upper end);
-  // tiny: 3 (tests and smoke checks only).
+  // quick: 150 synthesis steps + 300 KD fine-tuning steps (~3 min on 2 cores); standard: 1000 + 300;
+  // paper: 2000 (the suggested upper end), calibration only; tiny: 3 + 2 (tests and smoke checks only).
   static GznqOptions budget(const std::string& name);
 };
 
