@@ -193,3 +193,15 @@ TEST_CASE("GDFQ with weight_average: the final student is the average, and a res
   second_leg.run(nullptr, nullptr);
   CHECK(flat_state(c.student->model()) == flat_state(a.student->model()));
 }
+
+TEST_CASE("epoch_learning_rate: x0.1 at each milestone, or a per-epoch cosine to 0") {
+  CHECK(quant::epoch_learning_rate(1.0f, "step", {2, 4}, 0, 6) == doctest::Approx(1.0f));
+  CHECK(quant::epoch_learning_rate(1.0f, "step", {2, 4}, 2, 6) == doctest::Approx(0.1f));
+  CHECK(quant::epoch_learning_rate(1.0f, "step", {2, 4}, 5, 6) == doctest::Approx(0.01f));
+  CHECK(quant::epoch_learning_rate(2.0f, "cosine", {}, 0, 4) == doctest::Approx(2.0f));
+  CHECK(quant::epoch_learning_rate(2.0f, "cosine", {}, 2, 4) == doctest::Approx(1.0f));
+  CHECK(quant::epoch_learning_rate(2.0f, "cosine", {}, 3, 4) ==
+        doctest::Approx(2.0f * (1 + std::cos(0.75 * M_PI)) / 2));
+  CHECK_THROWS_WITH_AS(quant::epoch_learning_rate(1.0f, "linear", {}, 0, 4), doctest::Contains("lr_schedule"),
+                       Error);
+}

@@ -19,8 +19,6 @@
 
 namespace zsq::quant {
 
-// What the caller (the CLI) plugs into the epoch loop. quant/ never sees data: test-set evaluation, when
-// a research run asks for it, arrives here as an opaque callback from the tools layer.
 // Learning rate of an epoch: "step" multiplies base by 0.1 at each milestone, "cosine" follows
 // base * (1 + cos(pi * epoch / epochs)) / 2, one value per epoch.
 inline float epoch_learning_rate(float base, const std::string& schedule,
@@ -31,6 +29,8 @@ inline float epoch_learning_rate(float base, const std::string& schedule,
   return MultiStepSchedule(base, milestones, 0.1f).at(epoch);
 }
 
+// What the caller (the CLI) plugs into the epoch loop. quant/ never sees data: test-set evaluation, when
+// a research run asks for it, arrives here as an opaque callback from the tools layer.
 template <typename Iteration>
 struct TrainingHooks {
   std::function<void(const Iteration&)> on_iteration;
