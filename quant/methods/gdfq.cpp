@@ -38,23 +38,20 @@ GdfqOptions GdfqOptions::budget(const std::string& name) {
 }
 
 std::vector<OptionField> GdfqOptions::fields() {
-  return {
-      {"warmup_epochs", &warmup_epochs, "generator-only epochs before the student trains"},
-      {"freeze_epochs", &freeze_epochs, "freeze activation ranges from this epoch on"},
-      {"q_lr", &q_lr, "student SGD (Nesterov) learning rate"},
-      {"q_momentum", &q_momentum, "student SGD momentum"},
-      {"q_weight_decay", &q_weight_decay, "student weight decay"},
-      {"g_lr", &g_lr, "generator Adam learning rate"},
-      {"weight_average", &weight_average, "EMA decay per iteration of the student's weights (0: off)"},
-      {"lr_schedule", &lr_schedule, "step (x0.1 at lr_milestones) or cosine", {"step", "cosine"}},
-      {"lr_milestones", &lr_milestones, "epochs where step multiplies both learning rates by 0.1"},
-      {"bn_eps_quirk", &bn_eps_quirk, "generator BN eps 0.8 (the reference's positional-argument quirk)"},
-      {"bns_weight", &bns_weight, "BN-statistics loss weight in the generator loss"},
-      {"temperature", &temperature, "KD temperature"},
-      {"kd_alpha", &kd_alpha, "KD weight in the student loss"},
-      {"legacy_kd_mean", &legacy_kd_mean, "KD averaged over N*K elements (the reference) instead of N"},
-      {"q_ce_weight", &q_ce_weight, "student cross-entropy weight towards the generator's labels"},
-  };
+  auto fields = training_schedule_fields(*this);
+  fields.insert(
+      fields.end(),
+      {
+          {"warmup_epochs", &warmup_epochs, "generator-only epochs before the student trains"},
+          {"freeze_epochs", &freeze_epochs, "freeze activation ranges from this epoch on"},
+          {"bn_eps_quirk", &bn_eps_quirk, "generator BN eps 0.8 (the reference's positional-argument quirk)"},
+          {"bns_weight", &bns_weight, "BN-statistics loss weight in the generator loss"},
+          {"temperature", &temperature, "KD temperature"},
+          {"kd_alpha", &kd_alpha, "KD weight in the student loss"},
+          {"legacy_kd_mean", &legacy_kd_mean, "KD averaged over N*K elements (the reference) instead of N"},
+          {"q_ce_weight", &q_ce_weight, "student cross-entropy weight towards the generator's labels"},
+      });
+  return fields;
 }
 
 nlohmann::json GdfqOptions::to_json() const {

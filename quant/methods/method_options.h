@@ -27,4 +27,18 @@ nlohmann::json options_to_json(const std::vector<OptionField>& fields);
 // "  key  meaning (default)" lines for --help texts and error messages.
 std::string options_help(const std::vector<OptionField>& fields);
 
+// The student-optimizer and schedule fields every generator-based method (gdfq, zaq) has, declared once.
+template <typename Options>
+std::vector<OptionField> training_schedule_fields(Options& o) {
+  return {
+      {"q_lr", &o.q_lr, "student SGD learning rate"},
+      {"q_momentum", &o.q_momentum, "student SGD momentum"},
+      {"q_weight_decay", &o.q_weight_decay, "student weight decay"},
+      {"g_lr", &o.g_lr, "generator Adam learning rate"},
+      {"weight_average", &o.weight_average, "EMA decay per iteration of the student's weights (0: off)"},
+      {"lr_schedule", &o.lr_schedule, "step (x0.1 at lr_milestones) or cosine", {"step", "cosine"}},
+      {"lr_milestones", &o.lr_milestones, "epochs where step multiplies both learning rates by 0.1"},
+  };
+}
+
 }  // namespace zsq::quant

@@ -39,21 +39,18 @@ ZaqOptions ZaqOptions::budget(const std::string& name) {
 }
 
 std::vector<OptionField> ZaqOptions::fields() {
-  return {
-      {"q_steps", &q_steps, "student steps per generator step"},
-      {"q_lr", &q_lr, "student SGD learning rate"},
-      {"q_momentum", &q_momentum, "student SGD momentum"},
-      {"q_weight_decay", &q_weight_decay, "student weight decay"},
-      {"g_lr", &g_lr, "generator Adam learning rate"},
-      {"weight_average", &weight_average, "EMA decay per iteration of the student's weights (0: off)"},
-      {"lr_schedule", &lr_schedule, "step (x0.1 at lr_milestones) or cosine", {"step", "cosine"}},
-      {"lr_milestones", &lr_milestones, "epochs where step multiplies both learning rates by 0.1"},
-      {"alpha", &alpha, "feature discrepancy weight"},
-      {"beta", &beta, "activation regularizer weight"},
-      {"gamma", &gamma, "relation-map residual weight"},
-      {"student_bn_train", &student_bn_train, "student BN in train mode (the reference) instead of fixed"},
-      {"freeze_epochs", &freeze_epochs, "freeze activation ranges from this epoch on (-1: never)"},
-  };
+  auto fields = training_schedule_fields(*this);
+  fields.insert(fields.end(), {
+                                  {"q_steps", &q_steps, "student steps per generator step"},
+                                  {"alpha", &alpha, "feature discrepancy weight"},
+                                  {"beta", &beta, "activation regularizer weight"},
+                                  {"gamma", &gamma, "relation-map residual weight"},
+                                  {"student_bn_train", &student_bn_train,
+                                   "student BN in train mode (the reference) instead of fixed"},
+                                  {"freeze_epochs", &freeze_epochs,
+                                   "freeze activation ranges from this epoch on (-1: never)"},
+                              });
+  return fields;
 }
 
 nlohmann::json ZaqOptions::to_json() const {
