@@ -96,6 +96,13 @@ void Student::unfreeze_ranges() {
   for (auto& s : activations_) s.observer->unfreeze();
 }
 
+void Student::reset_ranges() {
+  for (auto& s : activations_) {
+    s.observer->reset();
+    s.observations = 0;
+  }
+}
+
 void Student::prepare_for_training() {
   model_->train();
   model_->set_requires_grad(true);

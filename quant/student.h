@@ -50,6 +50,8 @@ class Student {
   void set_phase(Phase phase) { phase_ = phase; }
   void freeze_ranges();
   void unfreeze_ranges();
+  // Every activation observer back to a fresh state (no observations, not frozen), for a recalibration.
+  void reset_ranges();
   // Puts the student in training mode for fine-tuning with BN as the config asks: `train` (batch
   // statistics, running stats updated), `eval` (running statistics, BN affine still trainable) or
   // `frozen` (running statistics and BN parameters fixed).

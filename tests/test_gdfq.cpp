@@ -1,6 +1,7 @@
 #include <doctest/doctest.h>
 
 #include "models/zoo.h"
+#include "ops/elementwise.h"
 #include "quant/methods/gdfq.h"
 #include "tests/testing.h"
 
@@ -204,4 +205,70 @@ TEST_CASE("epoch_learning_rate: x0.1 at each milestone, or a per-epoch cosine to
         doctest::Approx(2.0f * (1 + std::cos(0.75 * M_PI)) / 2));
   CHECK_THROWS_WITH_AS(quant::epoch_learning_rate(1.0f, "linear", {}, 0, 4), doctest::Contains("lr_schedule"),
                        Error);
+}
+
+namespace {
+std::vector<std::vector<float>> range_states(quant::Student& student) {
+  std::vector<std::vector<float>> out;
+  for (auto& site : student.activation_sites()) out.push_back(site.observer->state());
+  return out;
+}
+// Feeds the student's observers one batch of huge inputs, as if the early generator had produced them.
+void pollute_ranges(quant::Student& student) {
+  Rng rng(77);
+  student.set_phase(quant::Phase::calibrate);
+  NoGrad no_grad;
+  student.model().forward(ops::mul_scalar(randn({4, 1, 32, 32}, rng), 1000.0f));
+  student.set_phase(quant::Phase::quantized);
+}
+}  // namespace
+
+TEST_CASE(
+    "GDFQ recalibrate_batches: when the ranges freeze they are re-observed on fresh generator batches, so "
+    "earlier observations no longer count; a resumed run still ends the same") {
+  auto options = tiny();
+  options.recalibrate_batches = 2;
+  auto ranges_after_freeze = [&](bool polluted, std::int64_t recalibrate) {
+    Setup s(4);
+    auto o = options;
+    o.recalibrate_batches = recalibrate;
+    quant::GdfqTrainer trainer(*s.teacher, *s.student, o);
+    trainer.begin_epoch(0);
+    Rng rng(3);
+    for (int i = 0; i < 2; ++i) trainer.iterate(0, i, rng);
+    if (polluted) pollute_ranges(*s.student);
+    trainer.begin_epoch(o.freeze_epochs);
+    for (auto& site : s.student->activation_sites())
+      if (site.observations > 0) {
+        CHECK(site.observer->frozen());
+        if (recalibrate > 0) CHECK(site.observations == recalibrate);
+      }
+    return range_states(*s.student);
+  };
+  CHECK(ranges_after_freeze(true, 2) == ranges_after_freeze(false, 2));
+  CHECK(ranges_after_freeze(true, 0) != ranges_after_freeze(false, 0));  // the check can fail
+  CHECK(ranges_after_freeze(false, 2) != ranges_after_freeze(false, 0));
+
+  Setup a(5), b(5), c(5);
+  quant::GdfqTrainer straight(*a.teacher, *a.student, options);
+  straight.run(nullptr, nullptr);
+  Checkpoint saved;
+  {
+    quant::GdfqTrainer first_leg(*b.teacher, *b.student, options);
+    CHECK_THROWS_AS(first_leg.run(nullptr,
+                                  [&](std::int64_t done) {
+                                    saved = b.student->to_checkpoint();
+                                    first_leg.save_state(saved);
+                                    if (done == options.freeze_epochs)
+                                      throw std::runtime_error("simulated kill before the recalibration");
+                                  }),
+                    std::runtime_error);
+  }
+  auto reloaded = quant::Student::from_checkpoint(saved);
+  c.student->model().load_state(reloaded->model().named_state(), "saved");
+  quant::GdfqTrainer second_leg(*c.teacher, *c.student, options);
+  second_leg.load_state(saved);
+  second_leg.run(nullptr, nullptr);
+  CHECK(flat_state(c.student->model()) == flat_state(a.student->model()));
+  CHECK(range_states(*c.student) == range_states(*a.student));
 }

@@ -1,6 +1,7 @@
 #include <doctest/doctest.h>
 
 #include "models/zoo.h"
+#include "ops/elementwise.h"
 #include "quant/methods/zaq.h"
 #include "tests/testing.h"
 
@@ -55,4 +56,39 @@ TEST_CASE(
   CHECK(flat(student.model()) != q0);
   CHECK(flat(trainer.generator()) != g0);
   CHECK(trainer.epochs_done() == 1);
+}
+
+TEST_CASE("ZAQ recalibrate_batches: the frozen ranges come from fresh generator batches only") {
+  auto ranges = [](bool polluted) {
+    Rng rng(6);
+    auto spec = models::resolve_model_spec("resnet20", {{"width", 4}});
+    auto teacher = models::build_model(spec, rng);
+    for (int i = 0; i < 2; ++i) teacher->forward(randn({8, 1, 32, 32}, rng));
+    teacher->eval();
+    auto config = quant::QConfig::paper(4, 4);
+    config.act_observer = quant::ObserverKind::mse;
+    quant::Student student(spec, *teacher, config);
+    auto options = quant::ZaqOptions::budget("tiny");
+    options.freeze_epochs = 1, options.recalibrate_batches = 2;
+    quant::ZaqTrainer trainer(*teacher, student, options);
+    trainer.begin_epoch(0);
+    trainer.iterate(0, 0, rng);
+    if (polluted) {
+      Rng noise(8);
+      student.set_phase(quant::Phase::calibrate);
+      NoGrad no_grad;
+      student.model().forward(ops::mul_scalar(randn({4, 1, 32, 32}, noise), 1000.0f));
+    }
+    trainer.begin_epoch(1);
+    std::vector<std::vector<float>> out;
+    for (auto& site : student.activation_sites()) {
+      if (site.observations == 0) continue;
+      CHECK(site.observer->frozen());
+      CHECK(site.observations == 2);
+      out.push_back(site.observer->state());
+    }
+    return out;
+  };
+  CHECK(ranges(true) == ranges(false));
+  CHECK_FALSE(ranges(false).empty());
 }

@@ -90,6 +90,19 @@ void GdfqTrainer::begin_epoch(std::int64_t epoch) {
   else
     student_.unfreeze_ranges();
   student_.set_phase(Phase::quantized);
+  if (epoch == o.freeze_epochs && o.recalibrate_batches > 0) {
+    recalibrate_ranges(epoch, o.recalibrate_batches, [this](Rng& rng) {
+      const auto n = options_.batch;
+      Tensor z = randn({n, generator_->config().latent}, rng);
+      Tensor labels = Tensor::empty({n}, DType::s32);
+      for (std::int64_t i = 0; i < n; ++i)
+        labels.data<std::int32_t>()[i] =
+            static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(teacher_.num_classes())));
+      generator_->train();  // the images the student trains on come from the train-mode generator
+      return generator_->generate(z, labels);
+    });
+    student_.model().eval();
+  }
 }
 
 GdfqIteration GdfqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, Rng& rng) {

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/autograd.h"
 #include "engine/checkpoint.h"
 #include "engine/optim.h"
 #include "models/generator.h"
@@ -121,6 +122,25 @@ class GenerativeTrainer {
     teacher_.eval();
     teacher_.set_requires_grad(false);  // gradients reach G through the frozen teacher's input only
     student_.model().set_requires_grad(true);
+  }
+
+  // Resets every activation range and observes `batches` fresh batches from `generate` in the calibrate
+  // phase (full-precision activations, no gradients), then freezes the ranges. Without it the ranges
+  // that freeze are the observer's summary of everything the generator produced since the first
+  // iteration, when its images were far from anything the teacher knows. The RNG derives from (seed,
+  // epoch) like an epoch's, so a resumed run recalibrates exactly as an uninterrupted one.
+  void recalibrate_ranges(std::int64_t epoch, std::int64_t batches,
+                          const std::function<Tensor(Rng&)>& generate) {
+    Rng rng(seed_ * 0x9e3779b97f4a7c15ULL + stream_ + static_cast<std::uint64_t>(epoch) + 0x7ca1ULL);
+    student_.reset_ranges();
+    student_.set_phase(Phase::calibrate);
+    student_.model().eval();
+    {
+      NoGrad no_grad;
+      for (std::int64_t b = 0; b < batches; ++b) student_.model().forward(generate(rng));
+    }
+    student_.freeze_ranges();
+    student_.set_phase(Phase::quantized);
   }
 
   // After a student step: a finite loss can still take a step that overflows a weight (a depthwise

@@ -38,6 +38,9 @@ std::vector<OptionField> training_schedule_fields(Options& o) {
       {"weight_average", &o.weight_average, "EMA decay per iteration of the student's weights (0: off)"},
       {"lr_schedule", &o.lr_schedule, "step (x0.1 at lr_milestones) or cosine", {"step", "cosine"}},
       {"lr_milestones", &o.lr_milestones, "epochs where step multiplies both learning rates by 0.1"},
+      {"recalibrate_batches", &o.recalibrate_batches,
+       "when the ranges freeze, re-observe them on this many fresh generator batches (0: keep the "
+       "observer's running ranges)"},
   };
 }
 

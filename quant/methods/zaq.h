@@ -34,11 +34,12 @@ struct ZaqOptions {
   float q_weight_decay = 5e-4f;
   float g_lr = 1e-3f;
   std::vector<std::int64_t> lr_milestones{100, 200};
-  float alpha = 1.0f;                // feature discrepancy weight
-  float beta = 0.1f;                 // activation regularizer weight
-  float gamma = 0.1f;                // relation-map residual weight
-  bool student_bn_train = true;      // the reference keeps Q's BN in train mode
-  std::int64_t freeze_epochs = -1;   // < 0: ranges never frozen (the reference)
+  float alpha = 1.0f;                    // feature discrepancy weight
+  float beta = 0.1f;                     // activation regularizer weight
+  float gamma = 0.1f;                    // relation-map residual weight
+  bool student_bn_train = true;          // the reference keeps Q's BN in train mode
+  std::int64_t freeze_epochs = -1;       // < 0: ranges never frozen (the reference)
+  std::int64_t recalibrate_batches = 0;  // > 0: fresh ranges from the generator when they freeze
   float weight_average = 0.0f;       // > 0: the student handed out is an EMA of its weights with this decay
   std::string lr_schedule = "step";  // step: x0.1 at lr_milestones; cosine: per epoch to 0 at the end
   std::uint64_t seed = 0;
