@@ -98,8 +98,7 @@ void GdfqTrainer::begin_epoch(std::int64_t epoch) {
       for (std::int64_t i = 0; i < n; ++i)
         labels.data<std::int32_t>()[i] =
             static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(teacher_.num_classes())));
-      generator_->train();  // the images the student trains on come from the train-mode generator
-      return generator_->generate(z, labels);
+      return generator_->sample(z, labels);  // train-mode images, generator state untouched
     });
     student_.model().eval();
   }

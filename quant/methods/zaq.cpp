@@ -114,8 +114,7 @@ void ZaqTrainer::begin_epoch(std::int64_t epoch) {
   student_.set_phase(Phase::quantized);
   if (o.freeze_epochs >= 0 && epoch == o.freeze_epochs && o.recalibrate_batches > 0) {
     recalibrate_ranges(epoch, o.recalibrate_batches, [this](Rng& rng) {
-      generator_->train();
-      return generator_->forward(randn({options_.batch, generator_->config().latent}, rng));
+      return generator_->sample(randn({options_.batch, generator_->config().latent}, rng), Tensor());
     });
   }
   if (options_.student_bn_train)
