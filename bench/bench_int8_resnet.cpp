@@ -28,11 +28,8 @@ quant::IntegerModel make_model(int bits) {
   for (int i = 0; i < 2; ++i) teacher->forward(randn({32, 1, 32, 32}, rng));  // BN statistics
   teacher->eval();
   quant::Student student(spec, *teacher, quant::QConfig::deploy(bits, bits));
-  NoGrad no_grad;
-  student.model().eval();
-  student.set_phase(quant::Phase::calibrate);
-  student.model().forward(quant::gaussian_inputs(64, 1, 32, rng));
-  student.freeze_ranges();
+  NoGrad no_grad;  // the integer conversion below reads the weights without a graph
+  student.calibrate(1, [&](std::int64_t) { return quant::gaussian_inputs(64, 1, 32, rng); });
   return quant::convert_to_integer(student, {-0.8102f, 2.0227f, 32, 32});
 }
 

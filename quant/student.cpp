@@ -103,6 +103,17 @@ void Student::reset_ranges() {
   }
 }
 
+void Student::calibrate(std::int64_t batches, const std::function<Tensor(std::int64_t batch)>& batch_at) {
+  set_phase(Phase::calibrate);
+  model_->eval();
+  {
+    NoGrad no_grad;
+    for (std::int64_t b = 0; b < batches; ++b) model_->forward(batch_at(b));
+  }
+  freeze_ranges();
+  set_phase(Phase::quantized);
+}
+
 void Student::prepare_for_training() {
   model_->train();
   model_->set_requires_grad(true);

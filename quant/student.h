@@ -9,6 +9,7 @@
 // precision while observers record ranges (weights are quantized). `quantized`: weights and activations
 // are fake-quantized; observers keep updating unless frozen.
 #pragma once
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -52,6 +53,10 @@ class Student {
   void unfreeze_ranges();
   // Every activation observer back to a fresh state (no observations, not frozen), for a recalibration.
   void reset_ranges();
+  // Calibration: in eval mode and without gradients, forwards `batches` inputs (batch_at(0), ...) with
+  // activations in full precision while the unfrozen observers record them, then freezes the ranges and
+  // returns to the quantized phase.
+  void calibrate(std::int64_t batches, const std::function<Tensor(std::int64_t batch)>& batch_at);
   // Puts the student in training mode for fine-tuning with BN as the config asks: `train` (batch
   // statistics, running stats updated), `eval` (running statistics, BN affine still trainable) or
   // `frozen` (running statistics and BN parameters fixed).

@@ -92,12 +92,8 @@ Subject load_subject(const BenchOptions& o, Rng& rng) {
     if (o.int8 || o.int4) {
       const int bits = o.int4 ? 4 : 8;
       quant::Student student(loaded.spec, *loaded.model, quant::QConfig::deploy(bits, bits));
-      NoGrad no_grad;
-      student.model().eval();
-      student.set_phase(quant::Phase::calibrate);
-      student.model().forward(quant::gaussian_inputs(64, s.in_channels, 32, rng));
-      student.freeze_ranges();
-      student.set_phase(quant::Phase::quantized);
+      NoGrad no_grad;  // the integer conversion below reads the weights without a graph
+      student.calibrate(1, [&](std::int64_t) { return quant::gaussian_inputs(64, s.in_channels, 32, rng); });
       s.runner = std::make_unique<quant::IntegerRunner>(
           quant::convert_to_integer(student, {kFashionBlack, fashion_normalize(255), 32, 32}));
       s.description = fmt::format("{} integer W{}A{} (deploy, Gaussian-calibrated for timing only)",

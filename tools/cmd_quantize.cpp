@@ -43,18 +43,13 @@ struct QuantizeOptions {
 };
 
 void calibrate(quant::Student& student, const Tensor& inputs, std::int64_t batch) {
-  student.set_phase(quant::Phase::calibrate);
-  student.model().eval();
-  NoGrad no_grad;
   const auto n = inputs.size(0);
-  for (std::int64_t start = 0; start < n; start += batch) {
-    const auto count = std::min(batch, n - start);
+  student.calibrate((n + batch - 1) / batch, [&](std::int64_t b) {
+    const auto start = b * batch, count = std::min(batch, n - start);
     Tensor chunk = Tensor::empty({count, inputs.size(1), inputs.size(2), inputs.size(3)});
     std::copy_n(inputs.f32() + start * chunk.numel() / count, chunk.numel(), chunk.f32());
-    student.model().forward(chunk);
-  }
-  student.freeze_ranges();
-  student.set_phase(quant::Phase::quantized);
+    return chunk;
+  });
 }
 
 Tensor first_rows(const Tensor& t, std::int64_t n) {

@@ -59,6 +59,17 @@ nlohmann::json GdfqOptions::to_json() const {
   return options_to_json(copy.fields());
 }
 
+namespace {
+// n labels drawn uniformly from [0, classes), s32.
+Tensor random_labels(std::int64_t n, std::int64_t classes, Rng& rng) {
+  Tensor labels = Tensor::empty({n}, DType::s32);
+  for (std::int64_t i = 0; i < n; ++i)
+    labels.data<std::int32_t>()[i] =
+        static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(classes)));
+  return labels;
+}
+}  // namespace
+
 GdfqTrainer::GdfqTrainer(models::Classifier& teacher, Student& student, const GdfqOptions& options)
     : GenerativeTrainer("gdfq", teacher, student, options.epochs, options.iterations, options.seed, 1),
       options_(options) {
@@ -94,11 +105,8 @@ void GdfqTrainer::begin_epoch(std::int64_t epoch) {
     recalibrate_ranges(epoch, o.recalibrate_batches, [this](Rng& rng) {
       const auto n = options_.batch;
       Tensor z = randn({n, generator_->config().latent}, rng);
-      Tensor labels = Tensor::empty({n}, DType::s32);
-      for (std::int64_t i = 0; i < n; ++i)
-        labels.data<std::int32_t>()[i] =
-            static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(teacher_.num_classes())));
-      return generator_->sample(z, labels);  // train-mode images, generator state untouched
+      return generator_->sample(
+          z, random_labels(n, teacher_.num_classes(), rng));  // train-mode images, generator state untouched
     });
     student_.model().eval();
   }
@@ -110,10 +118,7 @@ GdfqIteration GdfqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, R
   r.iteration = iteration;
   const auto n = options_.batch;
   Tensor z = randn({n, generator_->config().latent}, rng);
-  Tensor labels = Tensor::empty({n}, DType::s32);
-  for (std::int64_t i = 0; i < n; ++i)
-    labels.data<std::int32_t>()[i] =
-        static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(teacher_.num_classes())));
+  Tensor labels = random_labels(n, teacher_.num_classes(), rng);
 
   // Generator step.
   generator_->train();

@@ -10,7 +10,6 @@
 #include <string>
 #include <vector>
 
-#include "engine/autograd.h"
 #include "engine/checkpoint.h"
 #include "engine/optim.h"
 #include "models/generator.h"
@@ -133,14 +132,7 @@ class GenerativeTrainer {
                           const std::function<Tensor(Rng&)>& generate) {
     Rng rng(seed_ * 0x9e3779b97f4a7c15ULL + stream_ + static_cast<std::uint64_t>(epoch) + 0x7ca1ULL);
     student_.reset_ranges();
-    student_.set_phase(Phase::calibrate);
-    student_.model().eval();
-    {
-      NoGrad no_grad;
-      for (std::int64_t b = 0; b < batches; ++b) student_.model().forward(generate(rng));
-    }
-    student_.freeze_ranges();
-    student_.set_phase(Phase::quantized);
+    student_.calibrate(batches, [&](std::int64_t) { return generate(rng); });
   }
 
   // After a student step: a finite loss can still take a step that overflows a weight (a depthwise
