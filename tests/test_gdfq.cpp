@@ -39,6 +39,39 @@ std::vector<float> flat_state(Module& m) {
   }
   return out;
 }
+
+// Every activation observer's state, in site order.
+std::vector<std::vector<float>> range_states(quant::Student& student) {
+  std::vector<std::vector<float>> out;
+  for (auto& site : student.activation_sites()) out.push_back(site.observer->state());
+  return out;
+}
+
+// A run of `options` killed after `kill_after` epochs (the state saved after every epoch, as the CLI
+// does), then resumed in `resumed` as a fresh process would: a new student from the saved weights, a new
+// trainer from the saved state. Returns the resumed trainer after it finished.
+std::unique_ptr<quant::GdfqTrainer> killed_and_resumed(std::uint64_t seed, const quant::GdfqOptions& options,
+                                                       std::int64_t kill_after, Setup& resumed) {
+  Checkpoint saved;
+  {
+    Setup first(seed);
+    quant::GdfqTrainer first_leg(*first.teacher, *first.student, options);
+    CHECK_THROWS_AS(first_leg.run(nullptr,
+                                  [&](std::int64_t done) {
+                                    saved = first.student->to_checkpoint();
+                                    first_leg.save_state(saved);
+                                    if (done == kill_after) throw std::runtime_error("simulated kill");
+                                  }),
+                    std::runtime_error);
+  }
+  auto reloaded = quant::Student::from_checkpoint(saved);
+  resumed.student->model().load_state(reloaded->model().named_state(), "saved");
+  auto second_leg = std::make_unique<quant::GdfqTrainer>(*resumed.teacher, *resumed.student, options);
+  second_leg->load_state(saved);
+  CHECK(second_leg->epochs_done() == kill_after);
+  second_leg->run(nullptr, nullptr);
+  return second_leg;
+}
 }  // namespace
 
 TEST_CASE("GDFQ: warm-up trains only the generator, then the student learns; losses stay finite") {
@@ -62,34 +95,15 @@ TEST_CASE("GDFQ: warm-up trains only the generator, then the student learns; los
 TEST_CASE(
     "GDFQ: a run interrupted after an epoch and resumed from its state ends where an uninterrupted run "
     "ends") {
-  Setup a(2), b(2);
+  Setup a(2);
   quant::GdfqTrainer straight(*a.teacher, *a.student, tiny());
   straight.run(nullptr, nullptr);
 
-  Checkpoint saved;
-  {
-    quant::GdfqTrainer first_leg(*b.teacher, *b.student, tiny());
-    CHECK_THROWS_AS(first_leg.run(nullptr,
-                                  [&](std::int64_t done) {
-                                    saved = b.student->to_checkpoint();
-                                    first_leg.save_state(saved);
-                                    if (done == 1) throw std::runtime_error("simulated kill after epoch 1");
-                                  }),
-                    std::runtime_error);
-  }
-  // A fresh process: new student from the saved weights, new trainer from the saved state.
   Setup c(2);
-  auto reloaded = quant::Student::from_checkpoint(saved);
-  c.student->model().load_state(reloaded->model().named_state(), "saved");
-  quant::GdfqTrainer second_leg(*c.teacher, *c.student, tiny());
-  second_leg.load_state(saved);
-  CHECK(second_leg.epochs_done() == 1);
-  second_leg.run(nullptr, nullptr);
+  auto second_leg = killed_and_resumed(2, tiny(), 1, c);
   CHECK(flat_state(c.student->model()) == flat_state(a.student->model()));
-  CHECK(flat_state(second_leg.generator()) == flat_state(straight.generator()));
-  for (std::size_t i = 0; i < a.student->activation_sites().size(); ++i)
-    CHECK(c.student->activation_sites()[i].observer->state() ==
-          a.student->activation_sites()[i].observer->state());
+  CHECK(flat_state(second_leg->generator()) == flat_state(straight.generator()));
+  CHECK(range_states(*c.student) == range_states(*a.student));
 }
 
 TEST_CASE(
@@ -174,24 +188,8 @@ TEST_CASE("GDFQ with weight_average: the final student is the average, and a res
   CHECK(flat_state(averaged.generator()) == flat_state(raw.generator()));
   CHECK(flat_state(a.student->model()) != flat_state(plain.student->model()));
 
-  Checkpoint saved;
-  Setup b(6);
-  {
-    quant::GdfqTrainer first_leg(*b.teacher, *b.student, options);
-    CHECK_THROWS_AS(first_leg.run(nullptr,
-                                  [&](std::int64_t done) {
-                                    saved = b.student->to_checkpoint();
-                                    first_leg.save_state(saved);
-                                    if (done == 2) throw std::runtime_error("simulated kill after epoch 2");
-                                  }),
-                    std::runtime_error);
-  }
   Setup c(6);
-  auto reloaded = quant::Student::from_checkpoint(saved);
-  c.student->model().load_state(reloaded->model().named_state(), "saved");
-  quant::GdfqTrainer second_leg(*c.teacher, *c.student, options);
-  second_leg.load_state(saved);
-  second_leg.run(nullptr, nullptr);
+  killed_and_resumed(6, options, 2, c);
   CHECK(flat_state(c.student->model()) == flat_state(a.student->model()));
 }
 
@@ -208,11 +206,6 @@ TEST_CASE("epoch_learning_rate: x0.1 at each milestone, or a per-epoch cosine to
 }
 
 namespace {
-std::vector<std::vector<float>> range_states(quant::Student& student) {
-  std::vector<std::vector<float>> out;
-  for (auto& site : student.activation_sites()) out.push_back(site.observer->state());
-  return out;
-}
 // Feeds the student's observers one batch of huge inputs, as if the early generator had produced them.
 void pollute_ranges(quant::Student& student) {
   Rng rng(77);
@@ -249,26 +242,10 @@ TEST_CASE(
   CHECK(ranges_after_freeze(true, 0) != ranges_after_freeze(false, 0));  // the check can fail
   CHECK(ranges_after_freeze(false, 2) != ranges_after_freeze(false, 0));
 
-  Setup a(5), b(5), c(5);
+  Setup a(5), c(5);
   quant::GdfqTrainer straight(*a.teacher, *a.student, options);
   straight.run(nullptr, nullptr);
-  Checkpoint saved;
-  {
-    quant::GdfqTrainer first_leg(*b.teacher, *b.student, options);
-    CHECK_THROWS_AS(first_leg.run(nullptr,
-                                  [&](std::int64_t done) {
-                                    saved = b.student->to_checkpoint();
-                                    first_leg.save_state(saved);
-                                    if (done == options.freeze_epochs)
-                                      throw std::runtime_error("simulated kill before the recalibration");
-                                  }),
-                    std::runtime_error);
-  }
-  auto reloaded = quant::Student::from_checkpoint(saved);
-  c.student->model().load_state(reloaded->model().named_state(), "saved");
-  quant::GdfqTrainer second_leg(*c.teacher, *c.student, options);
-  second_leg.load_state(saved);
-  second_leg.run(nullptr, nullptr);
+  killed_and_resumed(5, options, options.freeze_epochs, c);  // killed just before the recalibration
   CHECK(flat_state(c.student->model()) == flat_state(a.student->model()));
   CHECK(range_states(*c.student) == range_states(*a.student));
 }
