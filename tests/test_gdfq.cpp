@@ -4,19 +4,18 @@
 #include "ops/elementwise.h"
 #include "quant/methods/gdfq.h"
 #include "tests/testing.h"
+#include "tests/tiny_teacher.h"
 
 using namespace zsq;
 
 namespace {
 struct Setup {
-  models::ModelSpec spec = models::resolve_model_spec("resnet20", {{"width", 4}});
+  models::ModelSpec spec = testing::tiny_resnet_spec();
   std::shared_ptr<models::Classifier> teacher;
   std::unique_ptr<quant::Student> student;
   explicit Setup(std::uint64_t seed) {
     Rng rng(seed);
-    teacher = models::build_model(spec, rng);
-    for (int i = 0; i < 2; ++i) teacher->forward(randn({8, 1, 32, 32}, rng));  // non-trivial BN statistics
-    teacher->eval();
+    teacher = testing::tiny_resnet_teacher(rng);
     auto config = quant::QConfig::paper(4, 4);
     config.act_observer = quant::ObserverKind::gdfq_ema;
     student = std::make_unique<quant::Student>(spec, *teacher, config);

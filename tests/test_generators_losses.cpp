@@ -10,6 +10,7 @@
 #include "ops/reduce.h"
 #include "quant/losses.h"
 #include "tests/testing.h"
+#include "tests/tiny_teacher.h"
 
 using namespace zsq;
 using namespace zsq::testing;
@@ -127,10 +128,7 @@ TEST_CASE(
     "GDFQ generator through a frozen teacher: the generator's parameter gradients of CE(P(G(z, y)), y) "
     "match central finite differences (label embedding, projection, convolutions)") {
   Rng rng(11);
-  auto spec = models::resolve_model_spec("resnet20", {{"width", 4}});
-  auto teacher = models::build_model(spec, rng);
-  for (int i = 0; i < 2; ++i) teacher->forward(randn({8, 1, 32, 32}, rng));
-  teacher->eval();
+  auto teacher = tiny_resnet_teacher(rng);
   teacher->set_requires_grad(false);
   models::Generator g(models::GeneratorConfig::gdfq(10, 1), rng);
   g.train();

@@ -10,17 +10,14 @@
 #include "quant/methods/gznq.h"
 #include "quant/methods/kd_finetune.h"
 #include "tests/testing.h"
+#include "tests/tiny_teacher.h"
 
 using namespace zsq;
 
 namespace {
 std::shared_ptr<models::Classifier> small_teacher(std::uint64_t seed) {
-  auto spec = models::resolve_model_spec("resnet20", {{"width", 4}});
   Rng rng(seed);
-  auto teacher = models::build_model(spec, rng);
-  for (int i = 0; i < 2; ++i) teacher->forward(randn({8, 1, 32, 32}, rng));  // non-trivial BN statistics
-  teacher->eval();
-  return teacher;
+  return testing::tiny_resnet_teacher(rng);
 }
 
 std::vector<float> flat_parameters(Module& m) {

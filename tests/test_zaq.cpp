@@ -4,6 +4,7 @@
 #include "ops/elementwise.h"
 #include "quant/methods/zaq.h"
 #include "tests/testing.h"
+#include "tests/tiny_teacher.h"
 
 using namespace zsq;
 using namespace zsq::testing;
@@ -25,10 +26,8 @@ TEST_CASE(
 TEST_CASE(
     "ZAQ iteration: Q steps and a G step change both networks; losses finite; G maximizes the discrepancy") {
   Rng rng(2);
-  auto spec = models::resolve_model_spec("resnet20", {{"width", 4}});
-  auto teacher = models::build_model(spec, rng);
-  for (int i = 0; i < 2; ++i) teacher->forward(randn({8, 1, 32, 32}, rng));
-  teacher->eval();
+  auto spec = tiny_resnet_spec();
+  auto teacher = tiny_resnet_teacher(rng);
   auto config = quant::QConfig::paper(4, 4);
   config.act_observer = quant::ObserverKind::ema;
   quant::Student student(spec, *teacher, config);
@@ -61,10 +60,8 @@ TEST_CASE(
 TEST_CASE("ZAQ recalibrate_batches: the frozen ranges come from fresh generator batches only") {
   auto ranges = [](bool polluted) {
     Rng rng(6);
-    auto spec = models::resolve_model_spec("resnet20", {{"width", 4}});
-    auto teacher = models::build_model(spec, rng);
-    for (int i = 0; i < 2; ++i) teacher->forward(randn({8, 1, 32, 32}, rng));
-    teacher->eval();
+    auto spec = tiny_resnet_spec();
+    auto teacher = tiny_resnet_teacher(rng);
     auto config = quant::QConfig::paper(4, 4);
     config.act_observer = quant::ObserverKind::mse;
     quant::Student student(spec, *teacher, config);
