@@ -3,6 +3,8 @@
 // observer as `zsq quantize` uses for the quick budgets), after the warm-up so the student trains too:
 //   BM_GdfqIteration/128, /200  one generator step (CE + BN statistics through the teacher) and one
 //                               student step (KD + CE); 200 is the paper's CIFAR batch
+//   .../conv:direct             the same with every convolution direct (ZSQ_CONV_ALGO=direct), the
+//                               baseline for the default's Winograd layers, timed in the same run
 //   BM_ZaqIteration/256         q_steps (5) student steps + one generator step (output + channel/spatial
 //                               relation discrepancy, activation regularizer); the paper's batch
 // items_per_second is iterations/s; img/s counts generated images (batch per generator forward).
@@ -15,6 +17,7 @@
 #include <string>
 
 #include "models/model_file.h"
+#include "ops/conv2d.h"
 #include "quant/methods/gdfq.h"
 #include "quant/methods/zaq.h"
 
@@ -54,16 +57,35 @@ void time_iterations(benchmark::State& state, Trainer& trainer, std::int64_t fir
                                                benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Second benchmark argument: 0 = the default convolution algorithm (auto), 1 = direct everywhere.
+struct ConvAlgorithmScope {
+  ops::ConvAlgorithm saved = ops::conv_algorithm();
+  explicit ConvAlgorithmScope(std::int64_t direct) {
+    ops::set_conv_algorithm(direct != 0 ? ops::ConvAlgorithm::direct : ops::ConvAlgorithm::auto_select);
+  }
+  ~ConvAlgorithmScope() { ops::set_conv_algorithm(saved); }
+  ConvAlgorithmScope(const ConvAlgorithmScope&) = delete;
+  ConvAlgorithmScope& operator=(const ConvAlgorithmScope&) = delete;
+};
+
 void BM_GdfqIteration(benchmark::State& state) {
+  ConvAlgorithmScope algorithm(state.range(1));
   Setup s;
   auto options = quant::GdfqOptions::budget("quick");
   options.batch = state.range(0);
   quant::GdfqTrainer trainer(*s.teacher.model, *s.student, options);
   time_iterations(state, trainer, std::max(options.warmup_epochs, options.freeze_epochs), options.batch);
 }
-BENCHMARK(BM_GdfqIteration)->Arg(128)->Arg(200)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_GdfqIteration)
+    ->ArgNames({"batch", "conv:direct"})
+    ->Args({128, 0})
+    ->Args({128, 1})
+    ->Args({200, 0})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 void BM_ZaqIteration(benchmark::State& state) {
+  ConvAlgorithmScope algorithm(state.range(1));
   Setup s;
   auto options = quant::ZaqOptions::budget("quick");
   options.batch = state.range(0);
@@ -71,7 +93,12 @@ void BM_ZaqIteration(benchmark::State& state) {
   time_iterations(state, trainer, std::max<std::int64_t>(options.freeze_epochs, 1),
                   options.batch * (options.q_steps + 1));
 }
-BENCHMARK(BM_ZaqIteration)->Arg(256)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_ZaqIteration)
+    ->ArgNames({"batch", "conv:direct"})
+    ->Args({256, 0})
+    ->Args({256, 1})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 }  // namespace
 

@@ -1,8 +1,38 @@
 #include "ops/conv2d.h"
 
+#include <cstdlib>
+
 #include "engine/autograd.h"
 
 namespace zsq::ops {
+
+namespace {
+ConvAlgorithm initial_conv_algorithm() {
+  const char* env = std::getenv("ZSQ_CONV_ALGO");
+  return env == nullptr ? ConvAlgorithm::auto_select : parse_conv_algorithm(env, "$ZSQ_CONV_ALGO");
+}
+ConvAlgorithm& conv_algorithm_setting() {
+  static ConvAlgorithm setting = initial_conv_algorithm();
+  return setting;
+}
+}  // namespace
+
+ConvAlgorithm conv_algorithm() {
+  return conv_algorithm_setting();
+}
+void set_conv_algorithm(ConvAlgorithm algorithm) {
+  conv_algorithm_setting() = algorithm;
+}
+
+ConvAlgorithm parse_conv_algorithm(const std::string& name, const std::string& source) {
+  if (name == "auto") return ConvAlgorithm::auto_select;
+  if (name == "direct") return ConvAlgorithm::direct;
+  throw Error(fmt::format("{}: unknown convolution algorithm '{}' (expected auto or direct)", source, name));
+}
+
+const char* to_string(ConvAlgorithm algorithm) {
+  return algorithm == ConvAlgorithm::direct ? "direct" : "auto";
+}
 
 Shape conv2d_output_shape(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p) {
   ZSQ_CHECK(x.defined() && weight.defined(), "conv2d: undefined input or weight");

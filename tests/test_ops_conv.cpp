@@ -62,6 +62,69 @@ TEST_CASE("conv2d gradients match finite differences on input, weight and bias")
   }
 }
 
+// Restores the process-wide convolution algorithm when a test ends.
+struct ConvAlgorithmGuard {
+  ops::ConvAlgorithm saved = ops::conv_algorithm();
+  ~ConvAlgorithmGuard() { ops::set_conv_algorithm(saved); }
+};
+
+TEST_CASE("wide 3x3 convolutions run as Winograd and stay within rounding of the reference loops") {
+  ConvAlgorithmGuard guard;
+  ops::set_conv_algorithm(ops::ConvAlgorithm::auto_select);
+  Rng rng(3);
+  // Odd spatial sizes so partial 4x4 output tiles are exercised; channels >= kWinogradMinChannels.
+  const Shape xs{2, 32, 9, 7}, ws{48, 32, 3, 3};
+  const auto p = ops::Conv2dParams::same(3);
+  const bool winograd = ops::dnnl_impl::conv2d_uses_winograd(xs, ws, p);
+  if (!winograd) MESSAGE("oneDNN has no Winograd kernel on this machine: the direct path is checked instead");
+  CHECK_FALSE(ops::dnnl_impl::conv2d_uses_winograd({2, 16, 9, 7}, {16, 16, 3, 3}, p));       // narrow: direct
+  CHECK_FALSE(ops::dnnl_impl::conv2d_uses_winograd(xs, ws, ops::Conv2dParams::same(3, 2)));  // strided
+
+  Tensor x = random_input(xs, rng, MemoryFormat::channels_last, false);
+  Tensor w = random_input(ws, rng, MemoryFormat::contiguous, false);
+  Tensor b = random_input({ws[0]}, rng, MemoryFormat::contiguous, false);
+  Tensor y = ops::conv2d_forward(x, w, b, p);
+  // Winograd's transforms add rounding of a few ulps of the partial sums (K = 288 terms of size ~1).
+  check_close(y, ops::ref::conv2d_forward(x, w, b, p), 1e-4, 2e-4, "forward");
+  Tensor g = random_input(y.shape(), rng, MemoryFormat::channels_last, false);
+  Tensor gx = ops::conv2d_backward_data(g, w, xs, p);
+  check_close(gx, ops::ref::conv2d_backward_data(g, w, xs, p), 1e-4, 2e-4, "backward data");
+  Tensor gw, gb, rgw, rgb;
+  ops::conv2d_backward_weights(g, x, ws, true, p, gw, gb);
+  ops::ref::conv2d_backward_weights(g, x, ws, true, p, rgw, rgb);
+  check_close(gw, rgw, 1e-4, 2e-4, "backward weights");
+  check_close(gb, rgb, 1e-4, 1e-4, "backward bias");
+
+  // The setting really switches the algorithm: direct gives other roundings (bit-different results)
+  // exactly when Winograd ran.
+  ops::set_conv_algorithm(ops::ConvAlgorithm::direct);
+  CHECK_FALSE(ops::dnnl_impl::conv2d_uses_winograd(xs, ws, p));
+  Tensor y_direct = ops::conv2d_forward(x, w, b, p);
+  CHECK((y.to_vector() != y_direct.to_vector()) == winograd);
+  check_close(y_direct, ops::ref::conv2d_forward(x, w, b, p), 1e-4, 1e-4, "direct forward");
+}
+
+TEST_CASE("gradients through a Winograd convolution match finite differences") {
+  ConvAlgorithmGuard guard;
+  ops::set_conv_algorithm(ops::ConvAlgorithm::auto_select);
+  Rng rng(4);
+  const Shape xs{1, 32, 4, 3}, ws{32, 32, 3, 3};
+  const auto p = ops::Conv2dParams::same(3);
+  if (!ops::dnnl_impl::conv2d_uses_winograd(xs, ws, p))
+    MESSAGE("no Winograd kernel here: direct path checked");
+  // The convolution is linear in each input, so a large step has no truncation error and keeps f32
+  // rounding of the 288-term sums (~1e-5) well below the tolerance.
+  check_gradients([&](const std::vector<Tensor>& t) { return ops::conv2d(t[0], t[1], t[2], p); },
+                  {random_input(xs, rng), random_input(ws, rng), random_input({ws[0]}, rng)}, /*eps=*/5e-2);
+}
+
+TEST_CASE("the convolution algorithm setting parses its names and rejects others by name") {
+  CHECK(ops::parse_conv_algorithm("auto", "test") == ops::ConvAlgorithm::auto_select);
+  CHECK(ops::parse_conv_algorithm("direct", "test") == ops::ConvAlgorithm::direct);
+  CHECK_THROWS_WITH_AS(ops::parse_conv_algorithm("winograd", "$ZSQ_CONV_ALGO"),
+                       doctest::Contains("$ZSQ_CONV_ALGO: unknown convolution algorithm 'winograd'"), Error);
+}
+
 TEST_CASE("conv2d rejects mismatched shapes with a message naming them") {
   Tensor x = Tensor::zeros({1, 3, 8, 8});
   Tensor w = Tensor::zeros({4, 2, 3, 3});

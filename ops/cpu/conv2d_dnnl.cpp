@@ -2,6 +2,8 @@
 // zsq's channels-last tensors already are), weights `any` so oneDNN picks its blocked layout, the
 // forward descriptor as the hint for both backward passes, and every descriptor cached by shape.
 // Master weights stay OIHW; the (small) reorders into each pass's layout are cached primitives.
+// Wide 3x3 stride-1 layers use Winograd (see ConvAlgorithm in ops/conv2d.h); its kernels want blocked
+// activations (`any`), so those are reordered in and out around the call.
 #include <cstdlib>
 
 #include "ops/conv2d.h"
@@ -15,12 +17,40 @@ using dt = memory::data_type;
 
 namespace {
 struct ConvDescs {
-  memory::desc src, weights_user, weights_any, bias, dst;
+  // src/dst: the nhwc tensors; src_prim/dst_prim: what the primitive is asked to use (the same for
+  // direct, `any` for Winograd).
+  memory::desc src, src_prim, weights_user, weights_any, bias, dst, dst_prim;
+  dnnl::algorithm algorithm = dnnl::algorithm::convolution_direct;
   memory::dims strides, dilates, pad_l, pad_r;
   std::string key;
 };
 
-ConvDescs describe(const Shape& x, const Shape& w, bool with_bias, const Conv2dParams& p) {
+bool winograd_shape(const Shape& x, const Shape& w, const Conv2dParams& p) {
+  return conv_algorithm() == ConvAlgorithm::auto_select && p.groups == 1 && w[2] == 3 && w[3] == 3 &&
+         p.stride_h == 1 && p.stride_w == 1 && p.dilation_h == 1 && p.dilation_w == 1 &&
+         x[1] >= kWinogradMinChannels && w[0] >= kWinogradMinChannels;
+}
+
+ConvDescs describe(const Shape& x, const Shape& w, bool with_bias, const Conv2dParams& p,
+                   bool allow_winograd = true);
+
+// Whether oneDNN has a Winograd kernel for this shape on this machine (asked once per shape).
+bool winograd_available(const ConvDescs& d) {
+  return cpu::dnnl_cached<bool>("conv_wino_ok:" + d.key, [&] {
+    try {
+      dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_training,
+                                           dnnl::algorithm::convolution_winograd, d.src_prim, d.weights_any,
+                                           d.dst_prim, d.strides, d.dilates, d.pad_l, d.pad_r);
+      dnnl::convolution_forward::primitive_desc pd(desc, cpu::dnnl_engine());
+      return true;
+    } catch (const dnnl::error&) {
+      return false;
+    }
+  });
+}
+
+ConvDescs describe(const Shape& x, const Shape& w, bool with_bias, const Conv2dParams& p,
+                   bool allow_winograd) {
   ConvDescs d;
   const auto O = w[0], KH = w[2], KW = w[3];
   const auto OH = (x[2] + 2 * p.pad_h - p.dilation_h * (KH - 1) - 1) / p.stride_h + 1;
@@ -45,6 +75,18 @@ ConvDescs describe(const Shape& x, const Shape& w, bool with_bias, const Conv2dP
              (OW - 1) * p.stride_w + p.dilation_w * (KW - 1) + 1 - x[3] - p.pad_w};
   d.key = fmt::format("{}|{}|b{}|s{},{}|p{},{}|d{},{}|g{}", shape_str(x), shape_str(w), with_bias, p.stride_h,
                       p.stride_w, p.pad_h, p.pad_w, p.dilation_h, p.dilation_w, p.groups);
+  d.src_prim = d.src;
+  d.dst_prim = d.dst;
+  if (allow_winograd && winograd_shape(x, w, p)) {
+    ConvDescs wino = d;
+    wino.src_prim = memory::desc(d.src.dims(), dt::f32, tag::any);
+    wino.dst_prim = memory::desc(d.dst.dims(), dt::f32, tag::any);
+    if (winograd_available(wino)) {
+      wino.algorithm = dnnl::algorithm::convolution_winograd;
+      wino.key += "|wino";
+      return wino;
+    }
+  }
   return d;
 }
 
@@ -68,21 +110,27 @@ dnnl::convolution_forward::primitive_desc& forward_pd(const ConvDescs& d, bool t
   return cpu::dnnl_cached<dnnl::convolution_forward::primitive_desc>(
       (training ? "conv_fwd_train:" : "conv_fwd_infer:") + d.key + epilogue_key(epilogue), [&] {
         const auto prop = training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
-        auto desc = d.bias ? dnnl::convolution_forward::desc(prop, dnnl::algorithm::convolution_direct, d.src,
-                                                             d.weights_any, d.bias, d.dst, d.strides,
-                                                             d.dilates, d.pad_l, d.pad_r)
-                           : dnnl::convolution_forward::desc(prop, dnnl::algorithm::convolution_direct, d.src,
-                                                             d.weights_any, d.dst, d.strides, d.dilates,
-                                                             d.pad_l, d.pad_r);
+        auto desc =
+            d.bias ? dnnl::convolution_forward::desc(prop, d.algorithm, d.src_prim, d.weights_any, d.bias,
+                                                     d.dst_prim, d.strides, d.dilates, d.pad_l, d.pad_r)
+                   : dnnl::convolution_forward::desc(prop, d.algorithm, d.src_prim, d.weights_any, d.dst_prim,
+                                                     d.strides, d.dilates, d.pad_l, d.pad_r);
         return dnnl::convolution_forward::primitive_desc(desc, epilogue_attr(epilogue), cpu::dnnl_engine());
       });
 }
 
 }  // namespace
 
+bool conv2d_uses_winograd(const Shape& x_shape, const Shape& weight_shape, const Conv2dParams& p) {
+  return describe(x_shape, weight_shape, false, p).algorithm == dnnl::algorithm::convolution_winograd;
+}
+
 Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p,
                       bool training, const ConvEpilogue& epilogue) {
-  const ConvDescs d = describe(x.shape(), weight.shape(), bias.defined(), p);
+  // Fused epilogues stay direct: the sum post-op accumulates into dst, which Winograd would put in a
+  // scratch layout, and its kernels take no post-ops we rely on.
+  const bool plain = !epilogue.residual.defined() && !epilogue.relu;
+  const ConvDescs d = describe(x.shape(), weight.shape(), bias.defined(), p, plain);
   auto& pd = forward_pd(d, training, epilogue);
   auto& prim = cpu::dnnl_cached<dnnl::convolution_forward>(
       (training ? "conv_fwd_train_prim:" : "conv_fwd_infer_prim:") + d.key + epilogue_key(epilogue),
@@ -91,14 +139,15 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
                              MemoryFormat::channels_last);
   auto src = cpu::ReorderedMemory::input(pd.src_desc(), cpu::activation_desc(x), x.raw_data());
   auto wts = cpu::ReorderedMemory::input(pd.weights_desc(), d.weights_user, weight.raw_data());
-  memory dst(pd.dst_desc(), cpu::dnnl_engine(), out.raw_data());
+  auto dst = cpu::ReorderedMemory::output(pd.dst_desc(), d.dst, out.raw_data());
   std::unordered_map<int, memory> args{
-      {DNNL_ARG_SRC, src.memory()}, {DNNL_ARG_WEIGHTS, wts.memory()}, {DNNL_ARG_DST, dst}};
+      {DNNL_ARG_SRC, src.memory()}, {DNNL_ARG_WEIGHTS, wts.memory()}, {DNNL_ARG_DST, dst.memory()}};
   if (bias.defined()) args.emplace(DNNL_ARG_BIAS, memory(d.bias, cpu::dnnl_engine(), bias.raw_data()));
   if (epilogue.residual.defined()) out.copy_from(epilogue.residual);  // the sum post-op accumulates into dst
   if (std::getenv("ZSQ_VERBOSE_DNNL") != nullptr)
     fmt::print(stderr, "conv {} {}: {}\n", d.key, epilogue_key(epilogue), pd.impl_info_str());
   prim.execute(cpu::dnnl_stream(), args);
+  dst.finish();
   cpu::dnnl_stream().wait();
   return out;
 }
@@ -107,8 +156,8 @@ Tensor conv2d_backward_data(const Tensor& grad_out, const Tensor& weight, const 
                             const Conv2dParams& p) {
   const ConvDescs d = describe(x_shape, weight.shape(), false, p);
   auto& pd = cpu::dnnl_cached<dnnl::convolution_backward_data::primitive_desc>("conv_bwd_data:" + d.key, [&] {
-    dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct, d.src, d.weights_any,
-                                               d.dst, d.strides, d.dilates, d.pad_l, d.pad_r);
+    dnnl::convolution_backward_data::desc desc(d.algorithm, d.src_prim, d.weights_any, d.dst_prim, d.strides,
+                                               d.dilates, d.pad_l, d.pad_r);
     return dnnl::convolution_backward_data::primitive_desc(desc, cpu::dnnl_engine(), forward_pd(d, true));
   });
   auto& prim = cpu::dnnl_cached<dnnl::convolution_backward_data>(
@@ -117,10 +166,11 @@ Tensor conv2d_backward_data(const Tensor& grad_out, const Tensor& weight, const 
   auto diff_dst =
       cpu::ReorderedMemory::input(pd.diff_dst_desc(), cpu::activation_desc(grad_out), grad_out.raw_data());
   auto wts = cpu::ReorderedMemory::input(pd.weights_desc(), d.weights_user, weight.raw_data());
-  memory diff_src(pd.diff_src_desc(), cpu::dnnl_engine(), grad_x.raw_data());
+  auto diff_src = cpu::ReorderedMemory::output(pd.diff_src_desc(), d.src, grad_x.raw_data());
   prim.execute(cpu::dnnl_stream(), {{DNNL_ARG_DIFF_DST, diff_dst.memory()},
                                     {DNNL_ARG_WEIGHTS, wts.memory()},
-                                    {DNNL_ARG_DIFF_SRC, diff_src}});
+                                    {DNNL_ARG_DIFF_SRC, diff_src.memory()}});
+  diff_src.finish();
   cpu::dnnl_stream().wait();
   return grad_x;
 }
@@ -129,12 +179,12 @@ void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shap
                              bool with_bias, const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias) {
   const ConvDescs d = describe(x.shape(), weight_shape, with_bias, p);
   auto& pd = cpu::dnnl_cached<dnnl::convolution_backward_weights::primitive_desc>("conv_bwd_w:" + d.key, [&] {
-    auto desc = with_bias ? dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct,
-                                                                     d.src, d.weights_any, d.bias, d.dst,
-                                                                     d.strides, d.dilates, d.pad_l, d.pad_r)
-                          : dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct,
-                                                                     d.src, d.weights_any, d.dst, d.strides,
-                                                                     d.dilates, d.pad_l, d.pad_r);
+    auto desc =
+        with_bias
+            ? dnnl::convolution_backward_weights::desc(d.algorithm, d.src_prim, d.weights_any, d.bias,
+                                                       d.dst_prim, d.strides, d.dilates, d.pad_l, d.pad_r)
+            : dnnl::convolution_backward_weights::desc(d.algorithm, d.src_prim, d.weights_any, d.dst_prim,
+                                                       d.strides, d.dilates, d.pad_l, d.pad_r);
     return dnnl::convolution_backward_weights::primitive_desc(desc, cpu::dnnl_engine(), forward_pd(d, true));
   });
   auto& prim = cpu::dnnl_cached<dnnl::convolution_backward_weights>(

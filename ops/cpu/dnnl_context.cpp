@@ -40,6 +40,12 @@ dnnl::reorder& cached_reorder(const dnnl::memory::desc& from, const dnnl::memory
 }
 }  // namespace
 
+dnnl::memory ReorderedMemory::scratch(const dnnl::memory::desc& want, Tensor& holder) {
+  const auto floats = static_cast<std::int64_t>((want.get_size() + sizeof(float) - 1) / sizeof(float));
+  holder = Tensor::empty({floats});
+  return {want, dnnl_engine(), holder.raw_data()};
+}
+
 ReorderedMemory ReorderedMemory::input(const dnnl::memory::desc& want, const dnnl::memory::desc& have,
                                        void* data) {
   ReorderedMemory m;
@@ -48,7 +54,7 @@ ReorderedMemory ReorderedMemory::input(const dnnl::memory::desc& want, const dnn
     m.primitive_ = m.user_;
     return m;
   }
-  m.primitive_ = dnnl::memory(want, dnnl_engine());
+  m.primitive_ = scratch(want, m.scratch_holder_);
   m.reordered_ = true;
   cached_reorder(have, want).execute(dnnl_stream(), m.user_, m.primitive_);
   return m;
@@ -62,7 +68,7 @@ ReorderedMemory ReorderedMemory::output(const dnnl::memory::desc& want, const dn
     m.primitive_ = m.user_;
     return m;
   }
-  m.primitive_ = dnnl::memory(want, dnnl_engine());
+  m.primitive_ = scratch(want, m.scratch_holder_);
   m.reordered_ = true;
   return m;
 }

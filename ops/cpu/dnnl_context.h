@@ -43,8 +43,12 @@ class ReorderedMemory {
   void finish();
 
  private:
+  // Scratch for the primitive's layout from zsq's caching allocator: fresh multi-megabyte buffers from
+  // oneDNN's own allocator cost page faults on every call (measured: Winograd lost its 2x that way).
+  static dnnl::memory scratch(const dnnl::memory::desc& want, Tensor& holder);
   dnnl::memory primitive_;
   dnnl::memory user_;
+  Tensor scratch_holder_;
   bool reordered_ = false;
 };
 

@@ -137,16 +137,19 @@ class GenerativeTrainer {
 
   // After a student step: a finite loss can still take a step that overflows a weight (a depthwise
   // channel of MobileNetV2 at 4 bits did); stop with what happened and what to change instead of failing
-  // later inside a quantizer.
+  // later inside a quantizer. A weight beyond kExplodedWeight is as good as lost: the next forward
+  // overflows activations (trained weights here stay below ~10).
   void check_student_finite(std::int64_t epoch, std::int64_t iteration, float loss, float lr) const {
+    static constexpr float kExplodedWeight = 1e15f;
     for (const auto& [name, p] : student_.model().named_parameters()) {
       const float* v = p.f32();
       for (std::int64_t i = 0, n = p.numel(); i < n; ++i)
-        ZSQ_CHECK(std::isfinite(v[i]),
-                  "{}: the student diverged at epoch {} iteration {}: {} became non-finite after a step "
-                  "with loss {} (student lr {}); lower the student learning rate with --opt q_lr=... "
-                  "(for example a tenth)",
-                  method_, epoch + 1, iteration + 1, name, loss, lr);
+        ZSQ_CHECK(std::isfinite(v[i]) && std::abs(v[i]) <= kExplodedWeight,
+                  "{}: the student diverged at epoch {} iteration {}: {} became {} after a step with loss {} "
+                  "(student lr {}); lower the student learning rate with --opt q_lr=... (for example a "
+                  "tenth)",
+                  method_, epoch + 1, iteration + 1, name,
+                  std::isfinite(v[i]) ? fmt::format("{:g}", v[i]) : std::string("non-finite"), loss, lr);
     }
   }
 
