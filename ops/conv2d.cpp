@@ -83,9 +83,15 @@ void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shap
 }
 
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p) {
-  Tensor out = conv2d_forward(x, weight, bias, p);
+  conv2d_output_shape(x, weight, bias, p);
+  const bool weight_grad = weight.requires_grad() || bias.requires_grad();
+  // A Winograd layer hands back its blocked copy of the input: the weight pass reuses it instead of
+  // reordering x again, and x itself need not be kept.
+  Tensor blocked_x;
+  Tensor out = dnnl_impl::conv2d_forward(x, weight, bias, p, any_requires_grad({&x, &weight, &bias}), {},
+                                         weight_grad ? &blocked_x : nullptr);
   // The input is saved only when the weight gradient will need it.
-  Tensor saved_x = weight.requires_grad() || bias.requires_grad() ? x.detach() : Tensor();
+  Tensor saved_x = weight_grad && !blocked_x.defined() ? x.detach() : Tensor();
   Tensor saved_w = weight.detach();
   const Shape x_shape = x.shape();
   const bool with_bias = bias.defined();
@@ -96,7 +102,11 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
     if (needs[0]) grads[0] = conv2d_backward_data(g, saved_w, x_shape, p);
     if (needs[1] || (with_bias && needs[2])) {
       Tensor gw, gb;
-      conv2d_backward_weights(g, saved_x, saved_w.shape(), with_bias, p, gw, gb);
+      if (blocked_x.defined())
+        dnnl_impl::conv2d_backward_weights_blocked(g, blocked_x, x_shape, saved_w.shape(), with_bias, p, gw,
+                                                   gb);
+      else
+        conv2d_backward_weights(g, saved_x, saved_w.shape(), with_bias, p, gw, gb);
       grads[1] = gw;
       if (with_bias) grads[2] = gb;
     }

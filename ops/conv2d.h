@@ -72,14 +72,21 @@ void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shap
 }  // namespace ref
 
 namespace dnnl_impl {
+// blocked_input: when given and the primitive wanted the input in another layout (Winograd), receives
+// that reordered copy (flat storage) so conv2d_backward_weights can reuse it instead of reordering the
+// input a second time; left undefined otherwise.
 Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p,
-                      bool training, const ConvEpilogue& epilogue = {});
+                      bool training, const ConvEpilogue& epilogue = {}, Tensor* blocked_input = nullptr);
 Tensor conv2d_backward_data(const Tensor& grad_out, const Tensor& weight, const Shape& x_shape,
                             const Conv2dParams& p);
 void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape,
                              bool with_bias, const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias);
 // Whether a plain (no epilogue) convolution of these shapes runs as Winograd under the current setting
 // on this machine.
+// The weight gradient from the forward pass's blocked_input (x itself is not needed then).
+void conv2d_backward_weights_blocked(const Tensor& grad_out, const Tensor& blocked_input,
+                                     const Shape& x_shape, const Shape& weight_shape, bool with_bias,
+                                     const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias);
 bool conv2d_uses_winograd(const Shape& x_shape, const Shape& weight_shape, const Conv2dParams& p);
 }  // namespace dnnl_impl
 

@@ -5,6 +5,7 @@
 // Wide 3x3 stride-1 layers use Winograd (see ConvAlgorithm in ops/conv2d.h); its kernels want blocked
 // activations (`any`), so those are reordered in and out around the call.
 #include <cstdlib>
+#include <optional>
 
 #include "ops/conv2d.h"
 #include "ops/cpu/dnnl_context.h"
@@ -126,7 +127,7 @@ bool conv2d_uses_winograd(const Shape& x_shape, const Shape& weight_shape, const
 }
 
 Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p,
-                      bool training, const ConvEpilogue& epilogue) {
+                      bool training, const ConvEpilogue& epilogue, Tensor* blocked_input) {
   // Fused epilogues stay direct: the sum post-op accumulates into dst, which Winograd would put in a
   // scratch layout, and its kernels take no post-ops we rely on.
   const bool plain = !epilogue.residual.defined() && !epilogue.relu;
@@ -149,6 +150,7 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
   prim.execute(cpu::dnnl_stream(), args);
   dst.finish();
   cpu::dnnl_stream().wait();
+  if (blocked_input != nullptr) *blocked_input = src.take_scratch();
   return out;
 }
 
@@ -175,9 +177,13 @@ Tensor conv2d_backward_data(const Tensor& grad_out, const Tensor& weight, const 
   return grad_x;
 }
 
-void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape,
-                             bool with_bias, const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias) {
-  const ConvDescs d = describe(x.shape(), weight_shape, with_bias, p);
+namespace {
+// The weight pass with its source given either as the nhwc tensor `x` or as the forward pass's
+// blocked copy (`blocked`, in the forward primitive's source layout).
+void backward_weights(const Tensor& grad_out, const Tensor& x, const Tensor& blocked, const Shape& x_shape,
+                      const Shape& weight_shape, bool with_bias, const Conv2dParams& p, Tensor& grad_weight,
+                      Tensor& grad_bias) {
+  const ConvDescs d = describe(x_shape, weight_shape, with_bias, p);
   auto& pd = cpu::dnnl_cached<dnnl::convolution_backward_weights::primitive_desc>("conv_bwd_w:" + d.key, [&] {
     auto desc =
         with_bias
@@ -190,11 +196,21 @@ void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shap
   auto& prim = cpu::dnnl_cached<dnnl::convolution_backward_weights>(
       "conv_bwd_w_prim:" + d.key, [&] { return dnnl::convolution_backward_weights(pd); });
   grad_weight = Tensor::empty(weight_shape);
-  auto src = cpu::ReorderedMemory::input(pd.src_desc(), cpu::activation_desc(x), x.raw_data());
+  std::optional<cpu::ReorderedMemory> src;
+  memory src_memory;
+  if (blocked.defined()) {
+    ZSQ_CHECK(pd.src_desc() == forward_pd(d, true).src_desc() &&
+                  static_cast<std::size_t>(blocked.numel()) * sizeof(float) >= pd.src_desc().get_size(),
+              "conv2d backward weights: the forward pass's blocked input does not fit this pass ({})", d.key);
+    src_memory = memory(pd.src_desc(), cpu::dnnl_engine(), blocked.raw_data());
+  } else {
+    src.emplace(cpu::ReorderedMemory::input(pd.src_desc(), cpu::activation_desc(x), x.raw_data()));
+    src_memory = src->memory();
+  }
   auto diff_dst =
       cpu::ReorderedMemory::input(pd.diff_dst_desc(), cpu::activation_desc(grad_out), grad_out.raw_data());
   auto diff_w = cpu::ReorderedMemory::output(pd.diff_weights_desc(), d.weights_user, grad_weight.raw_data());
-  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src.memory()},
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src_memory},
                                        {DNNL_ARG_DIFF_DST, diff_dst.memory()},
                                        {DNNL_ARG_DIFF_WEIGHTS, diff_w.memory()}};
   if (with_bias) {
@@ -204,6 +220,19 @@ void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shap
   prim.execute(cpu::dnnl_stream(), args);
   diff_w.finish();
   cpu::dnnl_stream().wait();
+}
+}  // namespace
+
+void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape,
+                             bool with_bias, const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias) {
+  backward_weights(grad_out, x, Tensor(), x.shape(), weight_shape, with_bias, p, grad_weight, grad_bias);
+}
+
+void conv2d_backward_weights_blocked(const Tensor& grad_out, const Tensor& blocked_input,
+                                     const Shape& x_shape, const Shape& weight_shape, bool with_bias,
+                                     const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias) {
+  backward_weights(grad_out, Tensor(), blocked_input, x_shape, weight_shape, with_bias, p, grad_weight,
+                   grad_bias);
 }
 
 }  // namespace zsq::ops::dnnl_impl

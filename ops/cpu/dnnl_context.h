@@ -41,6 +41,8 @@ class ReorderedMemory {
   static ReorderedMemory output(const dnnl::memory::desc& want, const dnnl::memory::desc& have, void* data);
   dnnl::memory& memory() { return primitive_; }
   void finish();
+  // The reordered copy's storage (undefined when no reorder was needed), for a caller that reuses it.
+  Tensor take_scratch() { return std::move(scratch_holder_); }
 
  private:
   // Scratch for the primitive's layout from zsq's caching allocator: fresh multi-megabyte buffers from
