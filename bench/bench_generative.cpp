@@ -58,18 +58,12 @@ void time_iterations(benchmark::State& state, Trainer& trainer, std::int64_t fir
 }
 
 // Second benchmark argument: 0 = the default convolution algorithm (auto), 1 = direct everywhere.
-struct ConvAlgorithmScope {
-  ops::ConvAlgorithm saved = ops::conv_algorithm();
-  explicit ConvAlgorithmScope(std::int64_t direct) {
-    ops::set_conv_algorithm(direct != 0 ? ops::ConvAlgorithm::direct : ops::ConvAlgorithm::auto_select);
-  }
-  ~ConvAlgorithmScope() { ops::set_conv_algorithm(saved); }
-  ConvAlgorithmScope(const ConvAlgorithmScope&) = delete;
-  ConvAlgorithmScope& operator=(const ConvAlgorithmScope&) = delete;
-};
+ops::ConvAlgorithm algorithm_of(std::int64_t direct) {
+  return direct != 0 ? ops::ConvAlgorithm::direct : ops::ConvAlgorithm::auto_select;
+}
 
 void BM_GdfqIteration(benchmark::State& state) {
-  ConvAlgorithmScope algorithm(state.range(1));
+  ops::ScopedConvAlgorithm algorithm(algorithm_of(state.range(1)));
   Setup s;
   auto options = quant::GdfqOptions::budget("quick");
   options.batch = state.range(0);
@@ -85,7 +79,7 @@ BENCHMARK(BM_GdfqIteration)
     ->UseRealTime();
 
 void BM_ZaqIteration(benchmark::State& state) {
-  ConvAlgorithmScope algorithm(state.range(1));
+  ops::ScopedConvAlgorithm algorithm(algorithm_of(state.range(1)));
   Setup s;
   auto options = quant::ZaqOptions::budget("quick");
   options.batch = state.range(0);

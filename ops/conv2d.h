@@ -63,6 +63,20 @@ void set_conv_algorithm(ConvAlgorithm algorithm);
 ConvAlgorithm parse_conv_algorithm(const std::string& name, const std::string& source);
 const char* to_string(ConvAlgorithm algorithm);
 
+// Sets the algorithm for a scope (a benchmark case, a test) and restores the previous one on exit.
+class ScopedConvAlgorithm {
+ public:
+  explicit ScopedConvAlgorithm(ConvAlgorithm algorithm) : saved_(conv_algorithm()) {
+    set_conv_algorithm(algorithm);
+  }
+  ~ScopedConvAlgorithm() { set_conv_algorithm(saved_); }
+  ScopedConvAlgorithm(const ScopedConvAlgorithm&) = delete;
+  ScopedConvAlgorithm& operator=(const ScopedConvAlgorithm&) = delete;
+
+ private:
+  ConvAlgorithm saved_;
+};
+
 namespace ref {
 Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p);
 Tensor conv2d_backward_data(const Tensor& grad_out, const Tensor& weight, const Shape& x_shape,

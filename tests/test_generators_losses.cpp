@@ -132,8 +132,7 @@ TEST_CASE(
   // Direct convolutions: the f32 difference quotient has a margin of ~2x over rounding noise with them;
   // Winograd's extra rounding in the 128-channel layers eats it (its own gradient check is in
   // test_ops_conv). This test is about the autograd chain, not the kernel.
-  const auto saved_algorithm = ops::conv_algorithm();
-  ops::set_conv_algorithm(ops::ConvAlgorithm::direct);
+  ops::ScopedConvAlgorithm direct(ops::ConvAlgorithm::direct);
   Rng rng(11);
   auto teacher = tiny_resnet_teacher(rng);
   teacher->set_requires_grad(false);
@@ -171,5 +170,4 @@ TEST_CASE(
     CAPTURE(numeric);
     CHECK(std::abs(analytic - numeric) <= 0.1 * std::abs(numeric) + 6e-4);
   }
-  ops::set_conv_algorithm(saved_algorithm);
 }

@@ -62,15 +62,8 @@ TEST_CASE("conv2d gradients match finite differences on input, weight and bias")
   }
 }
 
-// Restores the process-wide convolution algorithm when a test ends.
-struct ConvAlgorithmGuard {
-  ops::ConvAlgorithm saved = ops::conv_algorithm();
-  ~ConvAlgorithmGuard() { ops::set_conv_algorithm(saved); }
-};
-
 TEST_CASE("wide 3x3 convolutions run as Winograd and stay within rounding of the reference loops") {
-  ConvAlgorithmGuard guard;
-  ops::set_conv_algorithm(ops::ConvAlgorithm::auto_select);
+  ops::ScopedConvAlgorithm algorithm(ops::ConvAlgorithm::auto_select);
   Rng rng(3);
   // Odd spatial sizes so partial 4x4 output tiles are exercised; channels >= kWinogradMinChannels.
   const Shape xs{2, 32, 9, 7}, ws{48, 32, 3, 3};
@@ -114,8 +107,7 @@ TEST_CASE("wide 3x3 convolutions run as Winograd and stay within rounding of the
 }
 
 TEST_CASE("gradients through a Winograd convolution match finite differences") {
-  ConvAlgorithmGuard guard;
-  ops::set_conv_algorithm(ops::ConvAlgorithm::auto_select);
+  ops::ScopedConvAlgorithm algorithm(ops::ConvAlgorithm::auto_select);
   Rng rng(4);
   const Shape xs{1, 32, 4, 3}, ws{32, 32, 3, 3};
   const auto p = ops::Conv2dParams::same(3);
