@@ -51,7 +51,7 @@ Tensor conv2d_fused_inference(const Tensor& x, const Tensor& weight, const Tenso
 //   auto   (default) Winograd F(4x4, 3x3) for 3x3 stride-1 dense convolutions whose input and output
 //          both have at least kWinogradMinChannels channels, direct otherwise. Winograd needs 2.25x
 //          fewer multiplications; measured 2.0-2.6x faster than direct on wide layers on an AVX-512
-//          machine, slower on 16-channel ones (bench/bench_conv). Results differ from direct by
+//          machine, slower on 16-channel ones (docs/results.md). Results differ from direct by
 //          rounding only (f32 throughout; tests bound the difference against the reference loop).
 //   direct every convolution direct (the pre-Winograd numerics, bit for bit).
 // The initial value comes from $ZSQ_CONV_ALGO (auto | direct; anything else is an error at first use).
@@ -95,12 +95,12 @@ Tensor conv2d_backward_data(const Tensor& grad_out, const Tensor& weight, const 
                             const Conv2dParams& p);
 void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape,
                              bool with_bias, const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias);
-// Whether a plain (no epilogue) convolution of these shapes runs as Winograd under the current setting
-// on this machine.
 // The weight gradient from the forward pass's blocked_input (x itself is not needed then).
 void conv2d_backward_weights_blocked(const Tensor& grad_out, const Tensor& blocked_input,
                                      const Shape& x_shape, const Shape& weight_shape, bool with_bias,
                                      const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias);
+// Whether a plain (no epilogue) convolution of these shapes runs as Winograd under the current setting
+// on this machine.
 bool conv2d_uses_winograd(const Shape& x_shape, const Shape& weight_shape, const Conv2dParams& p);
 }  // namespace dnnl_impl
 
