@@ -165,7 +165,7 @@ std::string render_report_markdown(const nlohmann::json& r) {
   if (r.contains("research_mode")) md += render_research_mode(r["research_mode"]);
   md += "| field | value |\n|---|---|\n";
   for (const char* key : {"method", "teacher", "convention", "weight_bits", "act_bits", "seed", "threads",
-                          "synthetic_inputs", "seconds", "zsq_version", "cpu"})
+                          "conv_algorithm", "synthetic_inputs", "seconds", "zsq_version", "cpu"})
     if (r.contains(key))
       md += fmt::format("| {} | {} |\n", key, r[key].is_string() ? r[key].get<std::string>() : r[key].dump());
   if (r.contains("losses")) md += fmt::format("| losses | {} |\n", r["losses"].dump());

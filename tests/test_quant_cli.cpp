@@ -216,6 +216,22 @@ TEST_CASE("bad quantize flags are refused") {
   CHECK(run("", "quantize --teacher x --method gdfq").code == 1);  // no --out, no --resume DIR
 }
 
+TEST_CASE("the report records the convolution algorithm; a bad $ZSQ_CONV_ALGO is refused by name") {
+  const auto out = (work_dir() / "run_conv_algo").string();
+  const auto args = fmt::format(
+      "quantize --teacher {} --method gaussian --calib-images 16 --threads 1 --out {}", small_teacher(), out);
+  auto r = run("ZSQ_CONV_ALGO=direct", args);
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  CHECK(quant::read_report(out)["conv_algorithm"] == "direct");
+  CHECK(slurp(out + "/report.md").find("| conv_algorithm | direct |") != std::string::npos);
+  r = run("ZSQ_CONV_ALGO=auto", args);
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  CHECK(quant::read_report(out)["conv_algorithm"] == "auto");
+  r = run("ZSQ_CONV_ALGO=fast", args);
+  CHECK(r.code == 1);
+  CHECK(r.err.find("$ZSQ_CONV_ALGO: unknown convolution algorithm 'fast'") != std::string::npos);
+}
+
 TEST_CASE("export --int: a deploy student becomes an integer model that eval and bench run") {
   const auto out = (work_dir() / "run_deploy").string();
   auto r =

@@ -15,6 +15,7 @@
 #include "engine/autograd.h"
 #include "engine/progress.h"
 #include "models/model_file.h"
+#include "ops/conv2d.h"
 #include "quant/distill.h"
 #include "quant/methods/gznq.h"
 #include "quant/methods/kd_finetune.h"
@@ -169,19 +170,22 @@ void run_quantize(const QuantizeOptions& o) {
   save_checkpoint(student_path, student.to_checkpoint({{"zsq.quant.method", o.method},
                                                        {"zsq.quant.teacher", o.teacher},
                                                        {"zsq.quant.seed", std::to_string(o.common.seed)}}));
-  nlohmann::json report{{"run", o.out},
-                        {"method", o.method},
-                        {"teacher", o.teacher},
-                        {"student", student_path},
-                        {"convention", config.convention},
-                        {"weight_bits", o.wbits},
-                        {"act_bits", o.abits},
-                        {"seed", o.common.seed},
-                        {"threads", omp_get_max_threads()},
-                        {"synthetic_inputs", fmt::format("{} images ({})", inputs.size(0), o.method)},
-                        {"losses", losses},
-                        {"config", config.to_json()},
-                        {"zsq_version", "0.1.0"}};
+  nlohmann::json report{
+      {"run", o.out},
+      {"method", o.method},
+      {"teacher", o.teacher},
+      {"student", student_path},
+      {"convention", config.convention},
+      {"weight_bits", o.wbits},
+      {"act_bits", o.abits},
+      {"seed", o.common.seed},
+      {"threads", omp_get_max_threads()},
+      // Winograd and direct convolutions round differently: a run repeats only with the same.
+      {"conv_algorithm", ops::to_string(ops::conv_algorithm())},
+      {"synthetic_inputs", fmt::format("{} images ({})", inputs.size(0), o.method)},
+      {"losses", losses},
+      {"config", config.to_json()},
+      {"zsq_version", "0.1.0"}};
   if (!research.is_null()) report["research_mode"] = research;
   if (!method_options.is_null()) report["method_options"] = method_options;
   report["layers"] = quant::analyze_layers(student, *teacher.model, first_rows(inputs, 256));
