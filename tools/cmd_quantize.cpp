@@ -43,21 +43,17 @@ struct QuantizeOptions {
   quant::ZeroQOptions zeroq;
 };
 
-void calibrate(quant::Student& student, const Tensor& inputs, std::int64_t batch) {
-  const auto n = inputs.size(0);
-  student.calibrate((n + batch - 1) / batch, [&](std::int64_t b) {
-    const auto start = b * batch, count = std::min(batch, n - start);
-    Tensor chunk = Tensor::empty({count, inputs.size(1), inputs.size(2), inputs.size(3)});
-    std::copy_n(inputs.f32() + start * chunk.numel() / count, chunk.numel(), chunk.f32());
-    return chunk;
-  });
+// Images [start, start + count) of a contiguous [N, C, H, W] batch, as a tensor of their own.
+Tensor rows(const Tensor& t, std::int64_t start, std::int64_t count) {
+  Tensor out = Tensor::empty({count, t.size(1), t.size(2), t.size(3)});
+  std::copy_n(t.f32() + start * (t.numel() / t.size(0)), out.numel(), out.f32());
+  return out;
 }
 
-Tensor first_rows(const Tensor& t, std::int64_t n) {
-  n = std::min(n, t.size(0));
-  Tensor out = Tensor::empty({n, t.size(1), t.size(2), t.size(3)});
-  std::copy_n(t.f32(), out.numel(), out.f32());
-  return out;
+void calibrate(quant::Student& student, const Tensor& inputs, std::int64_t batch) {
+  const auto n = inputs.size(0);
+  student.calibrate((n + batch - 1) / batch,
+                    [&](std::int64_t b) { return rows(inputs, b * batch, std::min(batch, n - b * batch)); });
 }
 
 void run_quantize(const QuantizeOptions& o) {
@@ -188,7 +184,8 @@ void run_quantize(const QuantizeOptions& o) {
       {"zsq_version", "0.1.0"}};
   if (!research.is_null()) report["research_mode"] = research;
   if (!method_options.is_null()) report["method_options"] = method_options;
-  report["layers"] = quant::analyze_layers(student, *teacher.model, first_rows(inputs, 256));
+  report["layers"] = quant::analyze_layers(student, *teacher.model,
+                                           rows(inputs, 0, std::min<std::int64_t>(256, inputs.size(0))));
   report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   quant::write_report(o.out, report);
   {
