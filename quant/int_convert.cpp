@@ -1,6 +1,7 @@
 // Fake-quant student -> integer model: the same weight grids the student's fake quantizer uses
-// (per-channel symmetric min/max, ops::fake_quant_grid, IEEE division and round-half-even), BN folded
-// into per-channel scales and an int32 bias, activation grids taken from the frozen observers.
+// (per-channel symmetric on the ranges weight_observer picks, ops::fake_quant_grid, IEEE division and
+// round-half-even), BN folded into per-channel scales and an int32 bias, activation grids taken from
+// the frozen observers.
 //
 // Why folding after quantization is exact: the student computes BN(conv(x, q(w))) with q(w) = d[o] * w_q
 // (integers w_q), which equals conv(x, w_q) * d[o] * k[o] + (beta - mean * k) with k = gamma / sqrt(var +
@@ -15,6 +16,7 @@
 #include "ops/fake_quant.h"
 #include "quant/integer_model.h"
 #include "quant/student.h"
+#include "quant/weight_ranges.h"
 
 namespace zsq::quant {
 
@@ -27,11 +29,12 @@ struct Folded {
 };
 
 // Integer weights of `w` (dim 0 = output channel) on the student's grid, and their scales.
-void quantize_weights(const Tensor& w_in, int bits, const std::string& layer, Folded& out) {
+void quantize_weights(const Tensor& w_in, int bits, const std::string& layer, const QConfig& config,
+                      Folded& out) {
   const Tensor w = w_in.detach().to_format(MemoryFormat::contiguous);
   const auto channels = w.size(0), per = w.numel() / channels;
-  const auto [lo, hi] = ops::channel_min_max(w);
   const ops::FakeQuantSpec spec{bits, true, false};
+  const auto [lo, hi] = weight_channel_ranges(w, spec, config);  // the student's ranges
   out.weight.resize(static_cast<std::size_t>(w.numel()));
   out.weight_scale.resize(static_cast<std::size_t>(channels));
   for (std::int64_t o = 0; o < channels; ++o) {
@@ -46,9 +49,9 @@ void quantize_weights(const Tensor& w_in, int bits, const std::string& layer, Fo
   ZSQ_CHECK(bits <= 8, "{}: {}-bit weights do not fit in int8", layer, bits);
 }
 
-Folded fold(const models::ConvBnAct& unit, int bits, const std::string& layer) {
+Folded fold(const models::ConvBnAct& unit, int bits, const std::string& layer, const QConfig& config) {
   Folded f;
-  quantize_weights(unit.conv->weight, bits, layer, f);
+  quantize_weights(unit.conv->weight, bits, layer, config, f);
   const auto& bn = *unit.bn;
   const auto out = unit.conv->weight.size(0), per = unit.conv->weight.numel() / out;
   f.bias.resize(static_cast<std::size_t>(out));
@@ -164,7 +167,7 @@ IntegerModel convert_to_integer(Student& student, const InputSpec& input) {
   m.stem = conv_geometry("stem", stem);
   m.stem.weight_bits = bits_of.at("stem.conv");
   m.stem.output = act(stem);
-  finish_layer(m.stem, fold(stem, m.stem.weight_bits, "stem"), m.input.scale);
+  finish_layer(m.stem, fold(stem, m.stem.weight_bits, "stem", config), m.input.scale);
 
   ActGrid current = m.stem.output;
   for (std::size_t i = 1; i + 1 < top.size(); ++i) {
@@ -174,16 +177,17 @@ IntegerModel convert_to_integer(Student& student, const InputSpec& input) {
     b.conv1 = conv_geometry(name + ".conv1", *block.body1);
     b.conv1.weight_bits = bits_of.at(name + ".conv1.conv");
     b.conv1.output = act(*block.body1);
-    finish_layer(b.conv1, fold(*block.body1, b.conv1.weight_bits, b.conv1.name), current.scale);
+    finish_layer(b.conv1, fold(*block.body1, b.conv1.weight_bits, b.conv1.name, config), current.scale);
     b.conv2 = conv_geometry(name + ".conv2", *block.body2);
     b.conv2.weight_bits = bits_of.at(name + ".conv2.conv");
     b.conv2.output = act(*block.body2);  // the block output, after the residual add and ReLU
-    finish_layer(b.conv2, fold(*block.body2, b.conv2.weight_bits, b.conv2.name), b.conv1.output.scale);
+    finish_layer(b.conv2, fold(*block.body2, b.conv2.weight_bits, b.conv2.name, config),
+                 b.conv1.output.scale);
     if (block.shortcut) {
       IntLayer sc = conv_geometry(name + ".shortcut", *block.shortcut);
       sc.weight_bits = bits_of.at(name + ".shortcut.conv");
       sc.output = b.conv2.output;  // its f32 output is in the block output's units
-      finish_layer(sc, fold(*block.shortcut, sc.weight_bits, sc.name), current.scale);
+      finish_layer(sc, fold(*block.shortcut, sc.weight_bits, sc.name, config), current.scale);
       b.shortcut = std::move(sc);
     }
     current = b.conv2.output;
@@ -196,7 +200,7 @@ IntegerModel convert_to_integer(Student& student, const InputSpec& input) {
   m.fc.out_channels = fc.weight.size(0);
   m.fc.weight_bits = bits_of.at("fc");
   Folded f;
-  quantize_weights(fc.weight, m.fc.weight_bits, "fc", f);
+  quantize_weights(fc.weight, m.fc.weight_bits, "fc", config, f);
   f.bias.assign(static_cast<std::size_t>(m.fc.out_channels), 0.0f);
   if (fc.bias.defined())
     for (std::int64_t o = 0; o < m.fc.out_channels; ++o)

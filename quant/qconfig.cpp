@@ -127,6 +127,9 @@ void apply_key(QConfig& cfg, const std::string& key, const json& v, const std::s
     cfg.weight_symmetric = read_bool(v, key, source);
   } else if (key == "act_symmetric") {
     cfg.act_symmetric = read_bool(v, key, source);
+  } else if (key == "weight_observer") {
+    const auto s = read_string(v, key, source);
+    cfg.weight_observer = with_source([&] { return parse_observer_kind(s, key); }, source);
   } else if (key == "act_observer") {
     const auto s = read_string(v, key, source);
     cfg.act_observer = with_source([&] { return parse_observer_kind(s, key); }, source);
@@ -277,6 +280,11 @@ void QConfig::validate(const std::string& source) const {
             ema_momentum, where(source));
   ZSQ_CHECK(!freeze_after || *freeze_after >= 1, "qconfig: freeze_after must be none or >= 1, got {}{}",
             freeze_after.value_or(0), where(source));
+  ZSQ_CHECK(weight_observer == ObserverKind::minmax || weight_observer == ObserverKind::mse,
+            "qconfig: weight_observer must be minmax or mse, got '{}'{}", to_string(weight_observer),
+            where(source));
+  ZSQ_CHECK(weight_observer == ObserverKind::minmax || weight_granularity == Granularity::per_channel,
+            "qconfig: weight_observer mse needs weight_granularity per_channel{}", where(source));
   ZSQ_CHECK(mse_candidates >= 2 && mse_candidates <= 100000,
             "qconfig: mse_candidates must be in 2..100000, got {}{}", mse_candidates, where(source));
   ZSQ_CHECK(mse_min_ratio > 0.0f && mse_min_ratio <= 1.0f,
@@ -306,6 +314,7 @@ nlohmann::ordered_json QConfig::to_json() const {
   j["weight_granularity"] = to_string(weight_granularity);
   j["weight_symmetric"] = weight_symmetric;
   j["act_symmetric"] = act_symmetric;
+  j["weight_observer"] = to_string(weight_observer);
   j["act_observer"] = to_string(act_observer);
   j["ema_momentum"] = ema_momentum;
   j["freeze_after"] = freeze_after ? nlohmann::ordered_json(*freeze_after) : nlohmann::ordered_json(nullptr);

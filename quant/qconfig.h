@@ -22,6 +22,10 @@
 //   weight_bits, act_bits            2..8
 //   weight_granularity               per_channel | per_tensor
 //   weight_symmetric, act_symmetric  true | false
+//   weight_observer     minmax | mse: each output channel's [min, max], or that range shrunk by the
+//                       clip ratio with the least squared error (mse_candidates ratios from
+//                       mse_min_ratio to 1), recomputed from the weights on every forward.
+//                       mse needs weight_granularity per_channel.
 //   act_observer        minmax | ema | gdfq_ema | mse
 //   ema_momentum        (0, 1), beta of ema and gdfq_ema
 //   freeze_after        null (--set: none) or an observation count >= 1 after which ranges freeze
@@ -80,6 +84,7 @@ struct QConfig {
   Granularity weight_granularity = Granularity::per_channel;
   bool weight_symmetric = false;
   bool act_symmetric = false;
+  ObserverKind weight_observer = ObserverKind::minmax;  // minmax | mse (quant/weight_ranges.h)
   ObserverKind act_observer = ObserverKind::minmax;
   float ema_momentum = 0.9f;
   std::optional<std::int64_t> freeze_after;

@@ -4,6 +4,7 @@
 #include "engine/autograd.h"
 
 #include "ops/fake_quant.h"
+#include "quant/weight_ranges.h"
 
 namespace zsq::quant {
 
@@ -63,8 +64,11 @@ void Student::install_hooks() {
 
 Tensor Student::quantize_weight(const WeightSite& site, const Tensor& w) const {
   ops::FakeQuantSpec spec{site.bits, config_.weight_symmetric, config_.ste == SteKind::clipped};
-  if (config_.weight_granularity == Granularity::per_channel)
-    return ops::fake_quant_per_channel_minmax(w, spec);
+  if (config_.weight_granularity == Granularity::per_channel) {
+    if (config_.weight_observer == ObserverKind::minmax) return ops::fake_quant_per_channel_minmax(w, spec);
+    const auto [lo, hi] = weight_channel_ranges(w.detach(), spec, config_);
+    return ops::fake_quant_per_channel(w, lo, hi, spec);
+  }
   const auto v = w.detach();
   float lo = v.f32()[0], hi = v.f32()[0];
   for (std::int64_t i = 0; i < v.numel(); ++i) {

@@ -89,13 +89,23 @@ void check_logits_agree(const Tensor& got, const Tensor& want, double tolerance)
 TEST_CASE("the integer model reproduces the deploy fake-quant student") {
   models::ModelSpec spec;
   auto teacher = small_teacher(spec);
-  for (const auto& [wbits, abits, tolerance] : {std::tuple{8, 8, 0.02}, std::tuple{4, 4, 0.05}}) {
+  // mse: the integer weights must come from the same clipped ranges as the student's (and differ from
+  // the minmax ones: otherwise neither side may have clipped at all).
+  std::vector<std::int8_t> minmax_w4_weights;
+  for (const auto& [wbits, abits, tolerance, weight_observer] :
+       {std::tuple{8, 8, 0.02, "minmax"}, std::tuple{4, 4, 0.05, "minmax"}, std::tuple{4, 4, 0.05, "mse"}}) {
     CAPTURE(wbits);
-    auto student = calibrated_student(spec, *teacher, quant::QConfig::deploy(wbits, abits));
+    const std::string observer = weight_observer;
+    CAPTURE(observer);
+    auto config = quant::QConfig::deploy(wbits, abits);
+    config.set(fmt::format("weight_observer={}", weight_observer));
+    auto student = calibrated_student(spec, *teacher, config);
     const auto m = quant::convert_to_integer(*student, {-0.8102f, 2.0227f, 32, 32});
     CHECK(m.max_weight_bits() == 8);  // first and last layers stay 8-bit in the deploy convention
     CHECK(m.min_weight_bits() == wbits);
     CHECK(m.input.zero_point == 73);
+    if (wbits == 4 && observer == "minmax") minmax_w4_weights = m.blocks.at(0).conv1.weight;
+    if (observer == "mse") CHECK(m.blocks.at(0).conv1.weight != minmax_w4_weights);
     quant::IntegerRunner runner(m);
     Rng rng(11);
     const Tensor x = images_on_grid(m, 40, rng);
@@ -112,8 +122,9 @@ TEST_CASE("the integer model reproduces the deploy fake-quant student") {
       CHECK_MESSAGE(impl.find("ref") == std::string::npos, layer << ": " << impl);
 
     // File round trip: identical logits.
-    const auto path =
-        (fs::temp_directory_path() / fmt::format("zsq_int_{}_{}.safetensors", ::getpid(), wbits)).string();
+    const auto path = (fs::temp_directory_path() /
+                       fmt::format("zsq_int_{}_{}_{}.safetensors", ::getpid(), wbits, weight_observer))
+                          .string();
     quant::save_integer_model(path, m);
     const Checkpoint raw = load_checkpoint(path);
     if (wbits == 4) CHECK(raw.at("stage1.0.conv1.weight").dtype() == DType::u8);  // packed nibbles

@@ -10,6 +10,7 @@
 
 #include "quant/observer.h"
 #include "quant/qconfig.h"
+#include "quant/weight_ranges.h"
 #include "tests/testing.h"
 
 using namespace zsq;
@@ -194,6 +195,11 @@ TEST_CASE("key=value overrides for --set flags") {
   CHECK_FALSE(c.freeze_after.has_value());
   c.set("act_symmetric=true");
   CHECK(c.act_symmetric);
+  c.set("weight_observer=mse");
+  CHECK(c.weight_observer == ObserverKind::mse);
+  CHECK(error_of([&] { c.set("weight_granularity=per_tensor"); }).find("per_channel") != std::string::npos);
+  c.set("weight_observer=minmax");
+  CHECK(error_of([&] { c.set("weight_observer=ema"); }).find("weight_observer") != std::string::npos);
   c.set("weight_granularity=per_tensor");
   CHECK(c.weight_granularity == Granularity::per_tensor);
   c.set("layers.stage1.0.conv1.weight_bits=3");
@@ -356,6 +362,85 @@ TEST_CASE("mse observer clips a heavy tail and keeps the full range when nothing
     CHECK(o.range_hi() == doctest::Approx(4.0).epsilon(1e-3));
     CHECK(o.steps() == 2);
     CHECK(o.hi() > 3.5f);
+  }
+}
+
+// The oracle: every candidate ratio of every channel quantized by the reference fake quantizer.
+std::pair<std::vector<float>, std::vector<float>> brute_force_mse_ranges(const Tensor& w, int bits,
+                                                                         bool symmetric, int candidates,
+                                                                         float min_ratio) {
+  const Tensor c = w.to_format(MemoryFormat::contiguous);
+  const auto channels = w.size(0), inner = w.numel() / channels;
+  std::vector<float> lo, hi;
+  for (std::int64_t ch = 0; ch < channels; ++ch) {
+    std::vector<float> v(c.f32() + ch * inner, c.f32() + (ch + 1) * inner);
+    const float mn = *std::min_element(v.begin(), v.end()), mx = *std::max_element(v.begin(), v.end());
+    const Tensor block = Tensor::from_vector({inner}, v);
+    double best = INFINITY;
+    float blo = mn, bhi = mx;
+    for (int i = candidates - 1; i >= 0; --i) {
+      const float r = i == candidates - 1
+                          ? 1.0f
+                          : static_cast<float>(min_ratio + (1.0 - min_ratio) * i / (candidates - 1));
+      const auto q = ops::ref::fake_quant_per_tensor(block, r * mn, r * mx, {bits, symmetric}).to_vector();
+      double err = 0;
+      for (std::size_t k = 0; k < v.size(); ++k) err += (double(q[k]) - v[k]) * (double(q[k]) - v[k]);
+      if (err < best * (1.0 - 1e-9)) {
+        best = err;
+        blo = r * mn;
+        bhi = r * mx;
+      }
+    }
+    lo.push_back(blo);
+    hi.push_back(bhi);
+  }
+  return {lo, hi};
+}
+
+TEST_CASE("weight mse ranges: the reference search per channel, any layout; minmax otherwise") {
+  Rng rng(5);
+  SUBCASE("the brute-force search's ranges, bit for bit, in both layouts") {
+    for (const int bits : {3, 4})
+      for (const bool symmetric : {false, true}) {
+        CAPTURE(bits);
+        CAPTURE(symmetric);
+        Tensor w = randn({24, 16, 3, 3}, rng, 0.0f, 0.1f);
+        w.f32()[7] = 0.9f;            // an outlier in channel 0: worth clipping
+        w.f32()[16 * 9 + 3] = -0.7f;  // and one in channel 1
+        const auto [want_lo, want_hi] = brute_force_mse_ranges(w, bits, symmetric, 100, 0.3f);
+        for (const auto fmt : {MemoryFormat::contiguous, MemoryFormat::channels_last}) {
+          const auto [lo, hi] = mse_channel_ranges(w.to_format(fmt), {bits, symmetric}, {100, 0.3f});
+          CHECK(lo.to_vector() == want_lo);
+          CHECK(hi.to_vector() == want_hi);
+        }
+        CHECK(want_hi[0] < 0.9f);  // the outliers really were clipped
+        CHECK(want_lo[1] > -0.7f);
+        QConfig cfg = QConfig::paper(bits, bits);
+        const auto [mlo, mhi] = weight_channel_ranges(w, {bits, symmetric}, cfg);
+        CHECK(mhi.f32()[0] == 0.9f);  // minmax: the raw range
+        cfg.set("weight_observer=mse");
+        CHECK(weight_channel_ranges(w, {bits, symmetric}, cfg).second.to_vector() == want_hi);
+      }
+  }
+  SUBCASE("values already on a grid keep their full range") {
+    std::vector<float> v;
+    for (int k = 0; k < 64; ++k) v.push_back(0.1f * static_cast<float>(k % 8) - 0.3f);
+    const auto [lo, hi] = mse_channel_ranges(Tensor::from_vector({2, 32}, v), {3, false}, {100, 0.3f});
+    CHECK(lo.to_vector() == std::vector<float>{-0.3f, -0.3f});
+    CHECK(hi.to_vector() == std::vector<float>{0.4f, 0.4f});
+  }
+  SUBCASE("bad input is refused by name") {
+    Tensor w = randn({4, 8}, rng);
+    CHECK(error_of([&] {
+            mse_channel_ranges(w, {3, false}, {1, 0.3f});
+          }).find("candidate") != std::string::npos);
+    CHECK(error_of([&] {
+            mse_channel_ranges(w, {3, false}, {10, 0.0f});
+          }).find("min_ratio") != std::string::npos);
+    w.f32()[9] = NAN;
+    CHECK(error_of([&] {
+            mse_channel_ranges(w, {3, false}, {10, 0.3f});
+          }).find("channel 1") != std::string::npos);
   }
 }
 
