@@ -102,6 +102,7 @@ void Adam::step() {
   const float b1 = options_.beta1, b2 = options_.beta2, wd = options_.weight_decay;
   const float step_size = static_cast<float>(lr_ / c1);
   const float sqrt_c2 = static_cast<float>(std::sqrt(c2));
+  const float eps = options_.eps;
   for (std::size_t k = 0; k < params_.size(); ++k) {
     Tensor& p = params_[k];
     if (!p.grad().defined()) continue;
@@ -110,15 +111,19 @@ void Adam::step() {
       v_[k] = Tensor::zeros(p.shape(), DType::f32, p.format());
     }
     Tensor g = grad_of(p);
-    float* w = p.f32();
-    const float* gp = g.f32();
-    float* m = m_[k].f32();
-    float* v = v_[k].f32();
-    for (std::int64_t i = 0; i < p.numel(); ++i) {
+    float* __restrict w = p.f32();
+    const float* __restrict gp = g.f32();
+    float* __restrict m = m_[k].f32();
+    float* __restrict v = v_[k].f32();
+    const std::int64_t n = p.numel();
+    // Locals and restrict so the loop vectorizes and splits across threads: the generator's 1M
+    // parameters were a serial scalar loop that left the other thread idle (~1% of a GDFQ iteration).
+#pragma omp parallel for simd schedule(static) if (n > (1 << 16))
+    for (std::int64_t i = 0; i < n; ++i) {
       const float gi = gp[i] + wd * w[i];
       m[i] = b1 * m[i] + (1.0f - b1) * gi;
       v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
-      w[i] -= step_size * m[i] / (std::sqrt(v[i]) / sqrt_c2 + options_.eps);
+      w[i] -= step_size * m[i] / (std::sqrt(v[i]) / sqrt_c2 + eps);
     }
   }
 }

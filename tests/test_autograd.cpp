@@ -144,6 +144,33 @@ TEST_CASE("Adam matches hand-computed bias-corrected steps and its state round-t
   CHECK(p.item() == p2.item());
 }
 
+TEST_CASE("Adam on a large parameter (parallel, vectorized path) matches the per-element formula") {
+  Rng rng(3);
+  const std::int64_t n = (1 << 17) + 5;  // above the parallel threshold, with a vector tail
+  Tensor p = randn({n}, rng);
+  p.set_requires_grad(true);
+  const std::vector<float> w0 = p.to_vector();
+  Adam adam({p}, {.lr = 0.01f, .weight_decay = 0.1f});
+  std::vector<float> m(static_cast<std::size_t>(n), 0.0f), v(m), w(w0);
+  for (int step = 1; step <= 2; ++step) {
+    const Tensor g = randn({n}, rng);
+    p.set_grad(g);
+    adam.step();
+    const double c1 = 1 - std::pow(0.9, step), c2 = 1 - std::pow(0.999, step);
+    for (std::size_t i = 0; i < w.size(); ++i) {
+      const double gi = g.f32()[i] + 0.1 * w[i];
+      m[i] = static_cast<float>(0.9 * m[i] + 0.1 * gi);
+      v[i] = static_cast<float>(0.999 * v[i] + 0.001 * gi * gi);
+      w[i] = static_cast<float>(w[i] - 0.01 / c1 * m[i] / (std::sqrt(v[i] / c2) + 1e-8));
+    }
+  }
+  const auto got = p.to_vector();
+  double worst = 0;
+  for (std::size_t i = 0; i < w.size(); ++i) worst = std::max(worst, std::fabs(double(got[i]) - w[i]));
+  CHECK(worst < 1e-6);
+  CHECK(got != w0);
+}
+
 TEST_CASE("learning-rate schedules") {
   MultiStepSchedule ms(0.1f, {10, 20}, 0.1f);
   CHECK(ms.at(9) == doctest::Approx(0.1));
