@@ -21,6 +21,18 @@ TEST_CASE("shared subexpressions receive the sum of both paths' gradients") {
   CHECK(g[2] == doctest::Approx(18.0));
 }
 
+TEST_CASE("a gradient tensor someone else holds is never summed in place") {
+  // add() passes the caller's root gradient on to p unchanged; p's second gradient (from 3p) must be
+  // added into a fresh tensor, not into the caller's.
+  Tensor x = Tensor::from_vector({2}, {1.0f, -1.0f});
+  x.set_requires_grad(true);
+  Tensor p = ops::mul_scalar(x, 1.0f);
+  const Tensor ones = Tensor::full({2}, 1.0f);
+  ops::add(p, ops::mul_scalar(p, 3.0f)).backward(ones);
+  CHECK(x.grad().to_vector() == std::vector<float>{4.0f, 4.0f});
+  CHECK(ones.to_vector() == std::vector<float>{1.0f, 1.0f});
+}
+
 TEST_CASE("leaf gradients accumulate across backward calls until zero_grad") {
   Tensor x = Tensor::from_vector({2}, {1.0f, 2.0f});
   x.set_requires_grad(true);
