@@ -59,6 +59,7 @@ Shape conv2d_output_shape(const Tensor& x, const Tensor& weight, const Tensor& b
 
 Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p) {
   conv2d_output_shape(x, weight, bias, p);
+  if (single_output::applies(x, weight.shape(), p)) return single_output::forward(x, weight, bias, p);
   return dnnl_impl::conv2d_forward(x, weight, bias, p, any_requires_grad({&x, &weight, &bias}));
 }
 
@@ -79,6 +80,8 @@ Tensor conv2d_backward_data(const Tensor& grad_out, const Tensor& weight, const 
 
 void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape,
                              bool with_bias, const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias) {
+  if (single_output::applies(x, weight_shape, p))
+    return single_output::backward_weights(grad_out, x, weight_shape, with_bias, p, grad_weight, grad_bias);
   dnnl_impl::conv2d_backward_weights(grad_out, x, weight_shape, with_bias, p, grad_weight, grad_bias);
 }
 
@@ -88,8 +91,10 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
   // A Winograd layer hands back its blocked copy of the input: the weight pass reuses it instead of
   // reordering x again, and x itself need not be kept.
   Tensor blocked_x;
-  Tensor out = dnnl_impl::conv2d_forward(x, weight, bias, p, any_requires_grad({&x, &weight, &bias}), {},
-                                         weight_grad ? &blocked_x : nullptr);
+  Tensor out = single_output::applies(x, weight.shape(), p)
+                   ? single_output::forward(x, weight, bias, p)
+                   : dnnl_impl::conv2d_forward(x, weight, bias, p, any_requires_grad({&x, &weight, &bias}),
+                                               {}, weight_grad ? &blocked_x : nullptr);
   // The input is saved only when the weight gradient will need it.
   Tensor saved_x = weight_grad && !blocked_x.defined() ? x.detach() : Tensor();
   Tensor saved_w = weight.detach();

@@ -85,6 +85,16 @@ void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shap
                              bool with_bias, const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias);
 }  // namespace ref
 
+// One output channel (ops/cpu/conv2d_single_output.cpp): AVX-512 forward and weight gradient, used by
+// the conv2d functions above under ConvAlgorithm auto when `applies` (C a multiple of 16, at most 256,
+// groups 1, CPU); `direct` keeps oneDNN for these too. The data gradient is always oneDNN's.
+namespace single_output {
+bool applies(const Tensor& x, const Shape& weight_shape, const Conv2dParams& p);
+Tensor forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p);
+void backward_weights(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape, bool with_bias,
+                      const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias);
+}  // namespace single_output
+
 namespace dnnl_impl {
 // blocked_input: when given and the primitive wanted the input in another layout (Winograd), receives
 // that reordered copy (flat storage) so conv2d_backward_weights can reuse it instead of reordering the

@@ -22,6 +22,9 @@ const std::vector<ConvCase> kCases = {
     {{2, 5, 6, 6}, {3, 5, 1, 1}, {2, 2, 0, 0, 1, 1, 1}, false},    // 1x1 stride-2 shortcut
     {{1, 1, 8, 8}, {16, 1, 3, 3}, {1, 1, 1, 1, 1, 1, 1}, false},   // 1-channel stem
     {{1, 3, 5, 9}, {2, 3, 2, 4}, {1, 2, 0, 1, 1, 1, 1}, true},     // asymmetric kernel/stride/padding
+    // One output channel (a generator's image layer): the AVX-512 single_output path under `auto`.
+    {{2, 16, 7, 5}, {1, 16, 3, 3}, {1, 1, 1, 1, 1, 1, 1}, true},
+    {{1, 32, 9, 8}, {1, 32, 3, 2}, {2, 1, 1, 0, 1, 2, 1}, false},  // strided, dilated, unpadded columns
 };
 }  // namespace
 
@@ -56,9 +59,11 @@ TEST_CASE("conv2d gradients match finite differences on input, weight and bias")
     Tensor b = c.bias ? random_input({c.w[0]}, rng) : Tensor();
     std::vector<Tensor> in{x, w};
     if (c.bias) in.push_back(b);
+    // Linear in each input: a large step has no truncation error and keeps the forward's f32 rounding
+    // (other summation orders in the fast paths) well below the tolerance.
     check_gradients(
         [&](const std::vector<Tensor>& t) { return ops::conv2d(t[0], t[1], c.bias ? t[2] : Tensor(), c.p); },
-        in);
+        in, /*eps=*/5e-2);
   }
 }
 
@@ -117,6 +122,36 @@ TEST_CASE("gradients through a Winograd convolution match finite differences") {
   // rounding of the 288-term sums (~1e-5) well below the tolerance.
   check_gradients([&](const std::vector<Tensor>& t) { return ops::conv2d(t[0], t[1], t[2], p); },
                   {random_input(xs, rng), random_input(ws, rng), random_input({ws[0]}, rng)}, /*eps=*/5e-2);
+}
+
+TEST_CASE("one-output-channel convolutions take the single_output path only where it applies") {
+  ops::ScopedConvAlgorithm algorithm(ops::ConvAlgorithm::auto_select);
+  const auto p = ops::Conv2dParams::same(3);
+  const Tensor x64 = Tensor::zeros({2, 64, 8, 8}, DType::f32, MemoryFormat::channels_last);
+  CHECK(ops::single_output::applies(x64, {1, 64, 3, 3}, p));
+  CHECK_FALSE(ops::single_output::applies(x64, {2, 64, 3, 3}, p));  // two output channels
+  CHECK_FALSE(ops::single_output::applies(Tensor::zeros({2, 8, 8, 8}), {1, 8, 3, 3}, p));  // C % 16
+  // The same results as oneDNN's direct kernel, within rounding (other summation order), and the
+  // autograd path's weight gradient is the named function's.
+  Rng rng(8);
+  Tensor x = random_input({3, 64, 10, 9}, rng, MemoryFormat::channels_last, false);
+  Tensor w = random_input({1, 64, 3, 3}, rng, MemoryFormat::contiguous, false);
+  Tensor b = random_input({1}, rng, MemoryFormat::contiguous, false);
+  Tensor y = ops::conv2d_forward(x, w, b, p);
+  Tensor g = random_input(y.shape(), rng, MemoryFormat::channels_last, false);
+  Tensor gw, gb;
+  ops::conv2d_backward_weights(g, x, w.shape(), true, p, gw, gb);
+  Tensor wg = w.clone();
+  wg.set_requires_grad(true);
+  ops::conv2d(x, wg, b, p).backward(g);
+  CHECK(wg.grad().to_vector() == gw.to_vector());
+  ops::set_conv_algorithm(ops::ConvAlgorithm::direct);
+  CHECK_FALSE(ops::single_output::applies(x64, {1, 64, 3, 3}, p));
+  check_close(y, ops::conv2d_forward(x, w, b, p), 1e-4, 1e-4, "forward vs oneDNN");
+  Tensor dgw, dgb;
+  ops::conv2d_backward_weights(g, x, w.shape(), true, p, dgw, dgb);
+  check_close(gw, dgw, 1e-4, 1e-4, "weight gradient vs oneDNN");
+  check_close(gb, dgb, 1e-4, 1e-4, "bias gradient vs oneDNN");
 }
 
 TEST_CASE("the convolution algorithm setting parses its names and rejects others by name") {
