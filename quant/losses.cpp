@@ -4,6 +4,7 @@
 
 #include "ops/elementwise.h"
 #include "ops/loss.h"
+#include "ops/moment_matching.h"
 #include "ops/reduce.h"
 
 namespace zsq::quant {
@@ -37,12 +38,10 @@ Tensor accumulate(const Tensor& total, const Tensor& term) {
 Tensor bns_loss_gdfq(const std::vector<Tensor>& inputs, const std::vector<models::BatchNorm2d*>& bns) {
   check_pairs(inputs, bns);
   Tensor total;
-  for (std::size_t l = 0; l < bns.size(); ++l) {
-    const std::vector<std::int64_t> axes =
-        inputs[l].dim() == 4 ? std::vector<std::int64_t>{0, 2, 3} : std::vector<std::int64_t>{0};
-    total = accumulate(total, ops::add(ops::mse(ops::mean(inputs[l], axes), bns[l]->running_mean),
-                                       ops::mse(ops::variance(inputs[l], axes), bns[l]->running_var)));
-  }
+  // One fused op per layer: mse(batch mean, running mean) + mse(batch var, running var).
+  for (std::size_t l = 0; l < bns.size(); ++l)
+    total =
+        accumulate(total, ops::moment_matching_loss(inputs[l], bns[l]->running_mean, bns[l]->running_var));
   return ops::mul_scalar(total, 1.0f / static_cast<float>(bns.size()));
 }
 

@@ -8,7 +8,9 @@
 #include "engine/autograd.h"
 #include "models/generator.h"
 #include "models/zoo.h"
+#include "ops/elementwise.h"
 #include "ops/loss.h"
+#include "ops/moment_matching.h"
 #include "ops/reduce.h"
 #include "quant/losses.h"
 #include "tests/testing.h"
@@ -70,6 +72,43 @@ TEST_CASE("GDFQ BN-statistics loss equals the hand-computed value and its gradie
   Tensor y = random_input({3, 2, 2, 3}, rng);
   check_gradients([&](const std::vector<Tensor>& t) { return quant::bns_loss_gdfq({t[0]}, {&bn}); }, {y});
   check_gradients([&](const std::vector<Tensor>& t) { return quant::bns_loss_zeroq({t[0]}, {&bn}); }, {y});
+}
+
+namespace {
+Tensor gradient_of(const Tensor& loss, const Tensor& x) {
+  x.zero_grad();
+  loss.backward();
+  return x.grad();
+}
+}  // namespace
+
+TEST_CASE("moment matching loss: the composed mean/variance/mse ops' value and gradient, any layout") {
+  Rng rng(12);
+  for (const Shape& shape : {Shape{6, 16, 5, 7}, Shape{64, 48, 8, 8}, Shape{9, 5}}) {
+    for (const auto fmt : {MemoryFormat::contiguous, MemoryFormat::channels_last}) {
+      if (shape.size() == 2 && fmt == MemoryFormat::channels_last) continue;
+      CAPTURE(shape_str(shape));
+      const std::int64_t C = shape[1];
+      Tensor x = random_input(shape, rng, fmt);
+      Tensor tm = random_input({C}, rng, MemoryFormat::contiguous, false);
+      Tensor tv = ops::add_scalar(ops::mul(tm, tm), 0.5f).detach();
+      const std::vector<std::int64_t> axes =
+          shape.size() == 4 ? std::vector<std::int64_t>{0, 2, 3} : std::vector<std::int64_t>{0};
+      Tensor want = ops::add(ops::mse(ops::mean(x, axes), tm), ops::mse(ops::variance(x, axes), tv));
+      Tensor want_grad = gradient_of(want, x);
+      Tensor got = ops::moment_matching_loss(x, tm, tv);
+      CHECK(got.item() == doctest::Approx(want.item()).epsilon(1e-5));
+      Tensor got_grad = gradient_of(got, x);
+      CHECK(got_grad.format() == x.format());
+      check_close(got_grad, want_grad, 1e-5, 1e-4, "gradient");
+    }
+  }
+  Tensor y = random_input({3, 4, 2, 3}, rng);
+  Tensor tm = random_input({4}, rng, MemoryFormat::contiguous, false);
+  Tensor tv = Tensor::full({4}, 0.7f);
+  check_gradients([&](const std::vector<Tensor>& t) { return ops::moment_matching_loss(t[0], tm, tv); }, {y});
+  CHECK_THROWS_WITH_AS(ops::moment_matching_loss(y, Tensor::zeros({3}), tv),
+                       doctest::Contains("targets must be f32 [4]"), Error);
 }
 
 TEST_CASE("teacher BN inputs are collected in batch_norms() order, attached to the input") {
