@@ -82,8 +82,8 @@ Tensor ConvBnAct::forward_with(const Tensor& x, const Tensor& residual, bool rel
 Tensor ConvBnAct::forward_unquantized(const Tensor& x, const Tensor& residual, bool relu_after) {
   if (!can_fold(x)) {
     if (!residual.defined()) return bn->forward(conv->forward(x), relu_after);  // BN+ReLU in one kernel
-    Tensor y = ops::add(bn->forward(conv->forward(x)), residual);
-    return relu_after ? ops::relu(y) : y;
+    Tensor y = bn->forward(conv->forward(x));
+    return relu_after ? ops::add_relu(y, residual) : ops::add(y, residual);
   }
   // w'[o] = w[o] * gamma[o] / sqrt(var[o] + eps);  b'[o] = beta[o] + (b[o] - mean[o]) * gamma[o] / sqrt(...)
   // BN(conv(x, q(w))) = conv(x, q(w) * s) + shift: folding after weight quantization keeps the

@@ -80,6 +80,16 @@ Tensor relu(const Tensor& x) {
   });
 }
 
+Tensor add_relu(const Tensor& a, const Tensor& b) {
+  check_binary("add_relu", a, b);
+  Tensor out = map_binary(a, b, [](float x, float y) { return x + y > 0.0f ? x + y : 0.0f; });
+  Tensor saved = out.detach();
+  return record(out, "add_relu", {a, b}, [saved](const Tensor& g, const std::vector<bool>&) {
+    Tensor masked = map_binary(g, saved, [](float gv, float y) { return y > 0.0f ? gv : 0.0f; });
+    return std::vector<Tensor>{masked, masked};
+  });
+}
+
 Tensor leaky_relu(const Tensor& x, float slope) {
   ZSQ_CHECK(x.defined() && x.dtype() == DType::f32, "leaky_relu: f32 input expected, got {}", x.str());
   ZSQ_CHECK(slope >= 0.0f, "leaky_relu: negative_slope must be >= 0, got {}", slope);

@@ -18,6 +18,9 @@ inline Tensor add_scalar(const Tensor& a, float s) {
 }
 
 Tensor relu(const Tensor& x);
+// relu(a + b) in one pass (a residual block's output): one tensor written and read less than add
+// followed by relu. Both inputs get the same gradient, zero where the output is 0.
+Tensor add_relu(const Tensor& a, const Tensor& b);
 Tensor leaky_relu(const Tensor& x, float negative_slope = 0.01f);
 Tensor tanh(const Tensor& x);
 // Element-wise square root; inputs must be > 0 where a gradient is taken.
@@ -34,6 +37,7 @@ Tensor sub(const Tensor& a, const Tensor& b);
 Tensor mul(const Tensor& a, const Tensor& b);
 Tensor affine_scalar(const Tensor& a, float scale, float shift);
 Tensor relu(const Tensor& x);
+Tensor add_relu(const Tensor& a, const Tensor& b);
 Tensor leaky_relu(const Tensor& x, float negative_slope);
 Tensor tanh(const Tensor& x);
 Tensor sqrt(const Tensor& x);

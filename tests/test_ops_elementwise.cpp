@@ -24,6 +24,7 @@ TEST_CASE("element-wise fast paths match the reference loops in both memory form
         check_close(ops::affine_scalar(a, -1.5f, 0.25f), ops::ref::affine_scalar(a, -1.5f, 0.25f), 1e-6, 1e-7,
                     "affine");
         check_close(ops::relu(a), ops::ref::relu(a), 0, 0, "relu");
+        check_close(ops::add_relu(a, b), ops::ref::add_relu(a, b), 0, 0, "add_relu");
         check_close(ops::leaky_relu(a, 0.2f), ops::ref::leaky_relu(a, 0.2f), 0, 0, "leaky_relu");
         check_close(ops::tanh(a), ops::ref::tanh(a), 1e-6, 1e-6, "tanh");
         Tensor pos = ops::ref::affine_scalar(ops::ref::mul(a, a), 1.0f, 0.5f).to_format(a.format());
@@ -56,6 +57,10 @@ TEST_CASE("element-wise gradients match finite differences") {
       k.set_requires_grad(true);
       check_gradients([](const auto& t) { return ops::relu(t[0]); }, {k});
       check_gradients([](const auto& t) { return ops::leaky_relu(t[0], 0.1f); }, {k});
+      Tensor zero = Tensor::zeros(s, DType::f32, fmt);  // so k + zero keeps k's distance from the kink
+      zero.set_requires_grad(true);
+      check_gradients([](const auto& t) { return ops::add_relu(t[0], t[1]); }, {k, zero});
+      check_gradients([](const auto& t) { return ops::add_relu(t[1], t[0]); }, {k, zero});
     }
   }
 }

@@ -36,6 +36,9 @@ Tensor affine_scalar(const Tensor& a, float scale, float shift) {
 Tensor relu(const Tensor& x) {
   return unary(x, [](float v) { return v > 0.0f ? v : 0.0f; });
 }
+Tensor add_relu(const Tensor& a, const Tensor& b) {
+  return binary(a, b, [](float x, float y) { return x + y > 0.0f ? x + y : 0.0f; });
+}
 Tensor leaky_relu(const Tensor& x, float slope) {
   return unary(x, [=](float v) { return v > 0.0f ? v : v * slope; });
 }
