@@ -104,12 +104,16 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
   if (with_bias) inputs.push_back(bias);
   return record(out, "conv2d", std::move(inputs), [=](const Tensor& g, const std::vector<bool>& needs) {
     std::vector<Tensor> grads(needs.size());
-    if (needs[0]) grads[0] = conv2d_backward_data(g, saved_w, x_shape, p);
+    // On the blocked (Winograd) path the weight pass also reuses the data pass's blocked copy of g.
+    Tensor blocked_g;
+    if (needs[0])
+      grads[0] =
+          dnnl_impl::conv2d_backward_data(g, saved_w, x_shape, p, blocked_x.defined() ? &blocked_g : nullptr);
     if (needs[1] || (with_bias && needs[2])) {
       Tensor gw, gb;
       if (blocked_x.defined())
-        dnnl_impl::conv2d_backward_weights_blocked(g, blocked_x, x_shape, saved_w.shape(), with_bias, p, gw,
-                                                   gb);
+        dnnl_impl::conv2d_backward_weights_blocked(g, blocked_g, blocked_x, x_shape, saved_w.shape(),
+                                                   with_bias, p, gw, gb);
       else
         conv2d_backward_weights(g, saved_x, saved_w.shape(), with_bias, p, gw, gb);
       grads[1] = gw;

@@ -101,14 +101,17 @@ namespace dnnl_impl {
 // input a second time; left undefined otherwise.
 Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p,
                       bool training, const ConvEpilogue& epilogue = {}, Tensor* blocked_input = nullptr);
+// blocked_grad_out: as blocked_input, for the output gradient (the weight pass can reuse it).
 Tensor conv2d_backward_data(const Tensor& grad_out, const Tensor& weight, const Shape& x_shape,
-                            const Conv2dParams& p);
+                            const Conv2dParams& p, Tensor* blocked_grad_out = nullptr);
 void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape,
                              bool with_bias, const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias);
-// The weight gradient from the forward pass's blocked_input (x itself is not needed then).
-void conv2d_backward_weights_blocked(const Tensor& grad_out, const Tensor& blocked_input,
-                                     const Shape& x_shape, const Shape& weight_shape, bool with_bias,
-                                     const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias);
+// The weight gradient from the forward pass's blocked_input (x itself is not needed then) and, when
+// defined, the data pass's blocked_grad_out (grad_out is then not read).
+void conv2d_backward_weights_blocked(const Tensor& grad_out, const Tensor& blocked_grad_out,
+                                     const Tensor& blocked_input, const Shape& x_shape,
+                                     const Shape& weight_shape, bool with_bias, const Conv2dParams& p,
+                                     Tensor& grad_weight, Tensor& grad_bias);
 // Whether a plain (no epilogue) convolution of these shapes runs as Winograd under the current setting
 // on this machine.
 bool conv2d_uses_winograd(const Shape& x_shape, const Shape& weight_shape, const Conv2dParams& p);

@@ -93,14 +93,21 @@ TEST_CASE("wide 3x3 convolutions run as Winograd and stay within rounding of the
   check_close(gw, rgw, 1e-4, 2e-4, "backward weights");
   check_close(gb, rgb, 1e-4, 1e-4, "backward bias");
 
-  // Through autograd the weight pass reuses the forward pass's blocked copy of the input: same result.
-  Tensor wg = w.clone();
-  wg.set_requires_grad(true);
-  Tensor bg = b.clone();
-  bg.set_requires_grad(true);
-  ops::conv2d(x, wg, bg, p).backward(g);
-  CHECK(wg.grad().to_vector() == gw.to_vector());
-  CHECK(bg.grad().to_vector() == gb.to_vector());
+  // Through autograd the weight pass reuses the forward pass's blocked copy of the input, and (when the
+  // input needs a gradient too) the data pass's blocked copy of g: same results, bit for bit.
+  for (const bool input_grad : {false, true}) {
+    CAPTURE(input_grad);
+    Tensor xg = x.clone();
+    xg.set_requires_grad(input_grad);
+    Tensor wg = w.clone();
+    wg.set_requires_grad(true);
+    Tensor bg = b.clone();
+    bg.set_requires_grad(true);
+    ops::conv2d(xg, wg, bg, p).backward(g);
+    CHECK(wg.grad().to_vector() == gw.to_vector());
+    CHECK(bg.grad().to_vector() == gb.to_vector());
+    if (input_grad) CHECK(xg.grad().to_vector() == gx.to_vector());
+  }
 
   // The setting really switches the algorithm: direct gives other roundings (bit-different results)
   // exactly when Winograd ran.

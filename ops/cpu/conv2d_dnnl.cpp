@@ -120,6 +120,14 @@ dnnl::convolution_forward::primitive_desc& forward_pd(const ConvDescs& d, bool t
       });
 }
 
+dnnl::convolution_backward_data::primitive_desc& backward_data_pd(const ConvDescs& d) {
+  return cpu::dnnl_cached<dnnl::convolution_backward_data::primitive_desc>("conv_bwd_data:" + d.key, [&] {
+    dnnl::convolution_backward_data::desc desc(d.algorithm, d.src_prim, d.weights_any, d.dst_prim, d.strides,
+                                               d.dilates, d.pad_l, d.pad_r);
+    return dnnl::convolution_backward_data::primitive_desc(desc, cpu::dnnl_engine(), forward_pd(d, true));
+  });
+}
+
 }  // namespace
 
 bool conv2d_uses_winograd(const Shape& x_shape, const Shape& weight_shape, const Conv2dParams& p) {
@@ -155,13 +163,9 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
 }
 
 Tensor conv2d_backward_data(const Tensor& grad_out, const Tensor& weight, const Shape& x_shape,
-                            const Conv2dParams& p) {
+                            const Conv2dParams& p, Tensor* blocked_grad_out) {
   const ConvDescs d = describe(x_shape, weight.shape(), false, p);
-  auto& pd = cpu::dnnl_cached<dnnl::convolution_backward_data::primitive_desc>("conv_bwd_data:" + d.key, [&] {
-    dnnl::convolution_backward_data::desc desc(d.algorithm, d.src_prim, d.weights_any, d.dst_prim, d.strides,
-                                               d.dilates, d.pad_l, d.pad_r);
-    return dnnl::convolution_backward_data::primitive_desc(desc, cpu::dnnl_engine(), forward_pd(d, true));
-  });
+  auto& pd = backward_data_pd(d);
   auto& prim = cpu::dnnl_cached<dnnl::convolution_backward_data>(
       "conv_bwd_data_prim:" + d.key, [&] { return dnnl::convolution_backward_data(pd); });
   Tensor grad_x = Tensor::empty(x_shape, DType::f32, MemoryFormat::channels_last);
@@ -174,15 +178,17 @@ Tensor conv2d_backward_data(const Tensor& grad_out, const Tensor& weight, const 
                                     {DNNL_ARG_DIFF_SRC, diff_src.memory()}});
   diff_src.finish();
   cpu::dnnl_stream().wait();
+  if (blocked_grad_out != nullptr) *blocked_grad_out = diff_dst.take_scratch();
   return grad_x;
 }
 
 namespace {
 // The weight pass with its source given either as the nhwc tensor `x` or as the forward pass's
-// blocked copy (`blocked`, in the forward primitive's source layout).
-void backward_weights(const Tensor& grad_out, const Tensor& x, const Tensor& blocked, const Shape& x_shape,
-                      const Shape& weight_shape, bool with_bias, const Conv2dParams& p, Tensor& grad_weight,
-                      Tensor& grad_bias) {
+// blocked copy (`blocked`, in the forward primitive's source layout), and its output gradient as the
+// nhwc `grad_out` or, when defined, the data pass's blocked copy of it (`blocked_grad`).
+void backward_weights(const Tensor& grad_out, const Tensor& blocked_grad, const Tensor& x,
+                      const Tensor& blocked, const Shape& x_shape, const Shape& weight_shape, bool with_bias,
+                      const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias) {
   const ConvDescs d = describe(x_shape, weight_shape, with_bias, p);
   auto& pd = cpu::dnnl_cached<dnnl::convolution_backward_weights::primitive_desc>("conv_bwd_w:" + d.key, [&] {
     auto desc =
@@ -207,11 +213,25 @@ void backward_weights(const Tensor& grad_out, const Tensor& x, const Tensor& blo
     src.emplace(cpu::ReorderedMemory::input(pd.src_desc(), cpu::activation_desc(x), x.raw_data()));
     src_memory = src->memory();
   }
-  auto diff_dst =
-      cpu::ReorderedMemory::input(pd.diff_dst_desc(), cpu::activation_desc(grad_out), grad_out.raw_data());
+  std::optional<cpu::ReorderedMemory> diff_dst;
+  memory diff_dst_memory;
+  if (blocked_grad.defined()) {
+    // The data pass has no bias: its descriptors are the bias-free ones.
+    const ConvDescs data_d = describe(x_shape, weight_shape, false, p);
+    ZSQ_CHECK(
+        pd.diff_dst_desc() == backward_data_pd(data_d).diff_dst_desc() &&
+            static_cast<std::size_t>(blocked_grad.numel()) * sizeof(float) >= pd.diff_dst_desc().get_size(),
+        "conv2d backward weights: the data pass's blocked output gradient does not fit this pass ({})",
+        d.key);
+    diff_dst_memory = memory(pd.diff_dst_desc(), cpu::dnnl_engine(), blocked_grad.raw_data());
+  } else {
+    diff_dst.emplace(
+        cpu::ReorderedMemory::input(pd.diff_dst_desc(), cpu::activation_desc(grad_out), grad_out.raw_data()));
+    diff_dst_memory = diff_dst->memory();
+  }
   auto diff_w = cpu::ReorderedMemory::output(pd.diff_weights_desc(), d.weights_user, grad_weight.raw_data());
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src_memory},
-                                       {DNNL_ARG_DIFF_DST, diff_dst.memory()},
+                                       {DNNL_ARG_DIFF_DST, diff_dst_memory},
                                        {DNNL_ARG_DIFF_WEIGHTS, diff_w.memory()}};
   if (with_bias) {
     grad_bias = Tensor::empty({weight_shape[0]});
@@ -225,14 +245,16 @@ void backward_weights(const Tensor& grad_out, const Tensor& x, const Tensor& blo
 
 void conv2d_backward_weights(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape,
                              bool with_bias, const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias) {
-  backward_weights(grad_out, x, Tensor(), x.shape(), weight_shape, with_bias, p, grad_weight, grad_bias);
+  backward_weights(grad_out, Tensor(), x, Tensor(), x.shape(), weight_shape, with_bias, p, grad_weight,
+                   grad_bias);
 }
 
-void conv2d_backward_weights_blocked(const Tensor& grad_out, const Tensor& blocked_input,
-                                     const Shape& x_shape, const Shape& weight_shape, bool with_bias,
-                                     const Conv2dParams& p, Tensor& grad_weight, Tensor& grad_bias) {
-  backward_weights(grad_out, Tensor(), blocked_input, x_shape, weight_shape, with_bias, p, grad_weight,
-                   grad_bias);
+void conv2d_backward_weights_blocked(const Tensor& grad_out, const Tensor& blocked_grad_out,
+                                     const Tensor& blocked_input, const Shape& x_shape,
+                                     const Shape& weight_shape, bool with_bias, const Conv2dParams& p,
+                                     Tensor& grad_weight, Tensor& grad_bias) {
+  backward_weights(grad_out, blocked_grad_out, Tensor(), blocked_input, x_shape, weight_shape, with_bias, p,
+                   grad_weight, grad_bias);
 }
 
 }  // namespace zsq::ops::dnnl_impl
