@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <memory>
 #include <vector>
 
@@ -11,25 +12,30 @@ namespace zsq::ops {
 
 namespace {
 
-// Per-channel sums of f(x, c) over the rows of a [rows, C] array, in double.
-template <typename F>
-std::vector<double> channel_sums(const float* x, std::int64_t rows, std::int64_t C, F f) {
+// Per-channel sums of x and x^2 over the rows of a [rows, C] array, in double: one read of x. Double
+// sums keep E[x^2] - E[x]^2 accurate to ~1e-10 relative even for |mean| ~ 1e3 * stddev.
+std::vector<double> channel_sums(const float* x, std::int64_t rows, std::int64_t C) {
   const int threads = rows * C > (1 << 15) ? omp_get_max_threads() : 1;
-  std::vector<double> partial(static_cast<std::size_t>(threads * C), 0.0);
+  std::vector<double> partial(static_cast<std::size_t>(threads * 2 * C), 0.0);
 #pragma omp parallel num_threads(threads)
   {
-    double* mine = partial.data() + static_cast<std::size_t>(omp_get_thread_num()) * C;
+    double* sum = partial.data() + static_cast<std::size_t>(omp_get_thread_num()) * 2 * C;
+    double* squares = sum + C;
 #pragma omp for schedule(static)
     for (std::int64_t r = 0; r < rows; ++r) {
       const float* row = x + r * C;
 #pragma omp simd
-      for (std::int64_t c = 0; c < C; ++c) mine[c] += f(row[c], c);
+      for (std::int64_t c = 0; c < C; ++c) {
+        const double v = row[c];
+        sum[c] += v;
+        squares[c] += v * v;
+      }
     }
   }
-  std::vector<double> total(static_cast<std::size_t>(C), 0.0);
+  std::vector<double> total(static_cast<std::size_t>(2 * C), 0.0);
   for (int t = 0; t < threads; ++t)
-    for (std::int64_t c = 0; c < C; ++c)
-      total[static_cast<std::size_t>(c)] += partial[static_cast<std::size_t>(t * C + c)];
+    for (std::size_t i = 0; i < total.size(); ++i)
+      total[i] += partial[static_cast<std::size_t>(t) * total.size() + i];
   return total;
 }
 
@@ -50,24 +56,20 @@ Tensor moment_matching_loss(const Tensor& x_in, const Tensor& target_mean, const
   const std::int64_t rows = x.numel() / C;
   const float* px = x.f32();
 
-  // Two passes, as ops::variance: the mean first (rounded to float), then squared deviations from it.
   auto stats = std::make_shared<std::vector<float>>(static_cast<std::size_t>(2 * C));  // mean, var
   float* mean = stats->data();
   float* var = mean + C;
-  const auto sums = channel_sums(px, rows, C, [](float v, std::int64_t) { return static_cast<double>(v); });
-  for (std::int64_t c = 0; c < C; ++c)
-    mean[c] = static_cast<float>(sums[static_cast<std::size_t>(c)] / static_cast<double>(rows));
-  const auto squares = channel_sums(px, rows, C, [=](float v, std::int64_t c) {
-    const float d = v - mean[c];
-    return static_cast<double>(d * d);
-  });
+  const auto sums = channel_sums(px, rows, C);
   const float* tm = target_mean.to_format(MemoryFormat::contiguous).f32();
   const float* tv = target_var.to_format(MemoryFormat::contiguous).f32();
   std::vector<float> mean_gap(static_cast<std::size_t>(C)), var_gap(static_cast<std::size_t>(C));
   double loss = 0.0;
   for (std::int64_t c = 0; c < C; ++c) {
-    var[c] = static_cast<float>(squares[static_cast<std::size_t>(c)] / static_cast<double>(rows));
-    const double dm = static_cast<double>(mean[c]) - tm[c], dv = static_cast<double>(var[c]) - tv[c];
+    const double m = sums[static_cast<std::size_t>(c)] / static_cast<double>(rows);
+    const double v = std::max(0.0, sums[static_cast<std::size_t>(C + c)] / static_cast<double>(rows) - m * m);
+    mean[c] = static_cast<float>(m);
+    var[c] = static_cast<float>(v);
+    const double dm = m - tm[c], dv = v - tv[c];
     loss += dm * dm + dv * dv;
     mean_gap[static_cast<std::size_t>(c)] = static_cast<float>(dm);
     var_gap[static_cast<std::size_t>(c)] = static_cast<float>(dv);

@@ -3,12 +3,13 @@
 //   L = mean_c (mu_c - target_mean_c)^2 + mean_c (var_c - target_var_c)^2
 // with mu_c and var_c the batch mean and biased variance of channel c over every other axis (N, H, W).
 // It equals mse(mean(x, {0,2,3}), target_mean) + mse(variance(x, {0,2,3}), target_var), but reads x
-// twice forward (mean, then squared deviations) and once backward, writing one gradient
+// once forward (sums of x and x^2 in double) and once backward, writing one gradient
 //   dL/dx = g * (2/C) * ((mu_c - tm_c) + 2 (var_c - tv_c) (x - mu_c)) / M,   M = N*H*W,
 // where the composed ops read x five times and sum three gradient tensors.
 // x: f32 [N, C, H, W] (either format) or [N, C]; targets: f32 [C], constants (no gradient).
 // The per-channel sums are in double, each thread over a fixed share of rows, combined in thread
-// order: the same thread count gives the same bits.
+// order: the same thread count gives the same bits. In double, E[x^2] - E[x]^2 keeps the variance to
+// about 1e-10 relative even when |mean| is 1e3 standard deviations.
 #pragma once
 #include "engine/tensor.h"
 

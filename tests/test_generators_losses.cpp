@@ -103,6 +103,19 @@ TEST_CASE("moment matching loss: the composed mean/variance/mse ops' value and g
       check_close(got_grad, want_grad, 1e-5, 1e-4, "gradient");
     }
   }
+  {  // |mean| = 1000 standard deviations: the double sums keep the variance (the composed op is two-pass)
+    auto v = randn({32, 8, 6, 6}, rng).to_vector();
+    for (auto& e : v) e = 20.0f + 0.02f * e;
+    Tensor x = Tensor::from_vector({32, 8, 6, 6}, v, MemoryFormat::channels_last);
+    Tensor tm = Tensor::full({8}, 19.0f), tv = Tensor::full({8}, 1e-4f);
+    const std::vector<std::int64_t> axes{0, 2, 3};
+    const double want =
+        ops::add(ops::mse(ops::mean(x, axes), tm), ops::mse(ops::variance(x, axes), tv)).item();
+    CHECK(ops::moment_matching_loss(x, tm, tv).item() == doctest::Approx(want).epsilon(1e-5));
+    Tensor var_only = ops::moment_matching_loss(x, ops::mean(x, axes).detach(), Tensor::zeros({8}));
+    const double var_sq = ops::mse(ops::variance(x, axes), Tensor::zeros({8})).item();  // mean of var^2
+    CHECK(var_only.item() == doctest::Approx(var_sq).epsilon(1e-4));
+  }
   Tensor y = random_input({3, 4, 2, 3}, rng);
   Tensor tm = random_input({4}, rng, MemoryFormat::contiguous, false);
   Tensor tv = Tensor::full({4}, 0.7f);
