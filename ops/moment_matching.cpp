@@ -3,7 +3,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <memory>
 #include <vector>
 
 #include "engine/autograd.h"
@@ -47,8 +46,8 @@ Tensor moment_matching_loss(const Tensor& x_in, const Tensor& target_mean, const
             "moment_matching_loss: x must be an f32 CPU tensor [N, C, H, W] or [N, C], got {}", x_in.str());
   const std::int64_t C = x_in.size(1);
   for (const Tensor* t : {&target_mean, &target_var})
-    ZSQ_CHECK(t->defined() && t->dtype() == DType::f32 && t->shape() == Shape{C},
-              "moment_matching_loss: targets must be f32 [{}] for x {}, got {}", C, x_in.str(),
+    ZSQ_CHECK(t->defined() && t->dtype() == DType::f32 && t->device().is_cpu() && t->shape() == Shape{C},
+              "moment_matching_loss: targets must be f32 CPU [{}] for x {}, got {}", C, x_in.str(),
               t->defined() ? t->str() : "undefined");
   ZSQ_CHECK(x_in.numel() > 0, "moment_matching_loss: empty input {}", x_in.str());
   // Channels innermost: every row of C values is one (n, h, w) position.
@@ -56,19 +55,19 @@ Tensor moment_matching_loss(const Tensor& x_in, const Tensor& target_mean, const
   const std::int64_t rows = x.numel() / C;
   const float* px = x.f32();
 
-  auto stats = std::make_shared<std::vector<float>>(static_cast<std::size_t>(2 * C));  // mean, var
-  float* mean = stats->data();
-  float* var = mean + C;
+  std::vector<float> mean(static_cast<std::size_t>(C));
   const auto sums = channel_sums(px, rows, C);
-  const float* tm = target_mean.to_format(MemoryFormat::contiguous).f32();
-  const float* tv = target_var.to_format(MemoryFormat::contiguous).f32();
+  // [C] tensors are contiguous already; the handles keep any copy alive while tm / tv are read.
+  const Tensor target_mean_c = target_mean.to_format(MemoryFormat::contiguous);
+  const Tensor target_var_c = target_var.to_format(MemoryFormat::contiguous);
+  const float* tm = target_mean_c.f32();
+  const float* tv = target_var_c.f32();
   std::vector<float> mean_gap(static_cast<std::size_t>(C)), var_gap(static_cast<std::size_t>(C));
   double loss = 0.0;
   for (std::int64_t c = 0; c < C; ++c) {
     const double m = sums[static_cast<std::size_t>(c)] / static_cast<double>(rows);
     const double v = std::max(0.0, sums[static_cast<std::size_t>(C + c)] / static_cast<double>(rows) - m * m);
-    mean[c] = static_cast<float>(m);
-    var[c] = static_cast<float>(v);
+    mean[static_cast<std::size_t>(c)] = static_cast<float>(m);
     const double dm = m - tm[c], dv = v - tv[c];
     loss += dm * dm + dv * dv;
     mean_gap[static_cast<std::size_t>(c)] = static_cast<float>(dm);
@@ -79,8 +78,8 @@ Tensor moment_matching_loss(const Tensor& x_in, const Tensor& target_mean, const
   Tensor saved = x_in.requires_grad() ? x.detach() : Tensor();
   const MemoryFormat in_format = x_in.format();
   return record(out, "moment_matching_loss", {x_in},
-                [=, mean_gap = std::move(mean_gap), var_gap = std::move(var_gap)](const Tensor& g,
-                                                                                  const std::vector<bool>&) {
+                [=, mean = std::move(mean), mean_gap = std::move(mean_gap), var_gap = std::move(var_gap)](
+                    const Tensor& g, const std::vector<bool>&) {
                   const double scale = static_cast<double>(g.item()) * 2.0 / static_cast<double>(C) /
                                        static_cast<double>(rows);
                   std::vector<float> a(static_cast<std::size_t>(C)), b(a);  // dx = a_c + b_c (x - mu_c)
@@ -88,7 +87,7 @@ Tensor moment_matching_loss(const Tensor& x_in, const Tensor& target_mean, const
                     a[c] = static_cast<float>(scale * mean_gap[c]);
                     b[c] = static_cast<float>(scale * 2.0 * var_gap[c]);
                   }
-                  const float* mu = stats->data();
+                  const float* mu = mean.data();
                   Tensor dx = Tensor::empty(saved.shape(), DType::f32, saved.format());
                   const float* xs = saved.f32();
                   float* d = dx.f32();
