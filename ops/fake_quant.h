@@ -61,6 +61,14 @@ Tensor fake_quant_per_channel(const Tensor& x, const Tensor& lo, const Tensor& h
 // Ranges are the per-channel min and max of w itself, recomputed on every call (the §0 weight
 // convention). Gradient: straight-through to w only.
 Tensor fake_quant_per_channel_minmax(const Tensor& w, const FakeQuantSpec& spec);
+// Learned range (LSQ, Esser et al. 2020, with the step tied to the range): the unsigned grid on [0, hi]
+// where hi is an f32 [1] tensor that may require a gradient. Forward: bit for bit
+// fake_quant_per_tensor(x, 0, hi, {bits}), so a learned range exports like an observed one.
+// Backward, with delta = hi / L (L = 2^bits - 1) and v = x / delta:
+//   dx  = g where 0 <= v <= L, else 0 (clipped straight-through: what falls outside is hi's business)
+//   dhi = sum(g * c) / L, c = round(v) - v inside, L above the grid, 0 below
+// (no LSQ gradient scale: the range's optimizer is Adam, which does not see the scale).
+Tensor fake_quant_learned_range(const Tensor& x, const Tensor& hi, int bits);
 // Per-dim-0 min and max of w (f32 [w.size(0)] each, no autograd). -0.0 is reported as +0.0.
 std::pair<Tensor, Tensor> channel_min_max(const Tensor& w);
 

@@ -94,19 +94,20 @@ void finish_layer(IntLayer& layer, Folded&& f, float in_scale) {
   }
 }
 
-ActGrid output_grid(const ActivationSite& site, const QConfig& config) {
+ActGrid output_grid(const Student& student, const ActivationSite& site, const QConfig& config) {
   ZSQ_CHECK(site.observations > 0 || site.observer->frozen(),
             "activation site {} has no range: calibrate or fine-tune the student first", site.name);
   ZSQ_CHECK(!config.act_symmetric,
             "activation site {}: symmetric activations cannot be stored as u8; use the "
             "deploy convention",
             site.name);
-  const auto grid = ops::fake_quant_grid(site.observer->lo(), site.observer->hi(), {site.bits, false, false});
+  const auto [lo, hi] = student.activation_range(site);  // a learned range when act_range=learned
+  const auto grid = ops::fake_quant_grid(lo, hi, {site.bits, false, false});
   ZSQ_CHECK(
       grid.qmin >= 0.0f && grid.qmax <= 255.0f,
       "activation site {}: range [{}, {}] gives the grid q in [{}, {}], which u8 cannot hold (a post-ReLU "
       "range must not go below 0)",
-      site.name, site.observer->lo(), site.observer->hi(), grid.qmin, grid.qmax);
+      site.name, lo, hi, grid.qmin, grid.qmax);
   return {grid.delta, 0, static_cast<std::int32_t>(grid.qmin), static_cast<std::int32_t>(grid.qmax)};
 }
 
@@ -144,7 +145,7 @@ IntegerModel convert_to_integer(Student& student, const InputSpec& input) {
   for (const auto& s : student.activation_sites()) site_of[s.unit] = &s;
   std::map<std::string, int> bits_of;
   for (const auto& s : student.weight_sites()) bits_of[s.name] = s.bits;
-  auto act = [&](const models::ConvBnAct& unit) { return output_grid(*site_of.at(&unit), config); };
+  auto act = [&](const models::ConvBnAct& unit) { return output_grid(student, *site_of.at(&unit), config); };
 
   IntegerModel m;
   m.arch = student.spec().name;

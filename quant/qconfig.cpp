@@ -34,6 +34,8 @@ constexpr std::array<std::pair<const char*, SteKind>, 2> kSteKinds{
     {{"plain", SteKind::plain}, {"clipped", SteKind::clipped}}};
 constexpr std::array<std::pair<const char*, BnMode>, 3> kBnModes{
     {{"train", BnMode::train}, {"eval", BnMode::eval}, {"frozen", BnMode::frozen}}};
+constexpr std::array<std::pair<const char*, ActRange>, 2> kActRanges{
+    {{"observed", ActRange::observed}, {"learned", ActRange::learned}}};
 
 template <typename E, std::size_t N>
 const char* enum_name(E value, const std::array<std::pair<const char*, E>, N>& table) {
@@ -133,6 +135,9 @@ void apply_key(QConfig& cfg, const std::string& key, const json& v, const std::s
   } else if (key == "act_observer") {
     const auto s = read_string(v, key, source);
     cfg.act_observer = with_source([&] { return parse_observer_kind(s, key); }, source);
+  } else if (key == "act_range") {
+    const auto s = read_string(v, key, source);
+    cfg.act_range = with_source([&] { return parse_act_range(s, key); }, source);
   } else if (key == "ema_momentum") {
     cfg.ema_momentum = read_float(v, key, source);
   } else if (key == "freeze_after") {
@@ -190,6 +195,9 @@ const char* to_string(SteKind s) {
 const char* to_string(BnMode m) {
   return enum_name(m, kBnModes);
 }
+const char* to_string(ActRange r) {
+  return enum_name(r, kActRanges);
+}
 
 Granularity parse_granularity(const std::string& name, const std::string& field) {
   return parse_enum(name, field, kGranularities);
@@ -202,6 +210,9 @@ SteKind parse_ste_kind(const std::string& name, const std::string& field) {
 }
 BnMode parse_bn_mode(const std::string& name, const std::string& field) {
   return parse_enum(name, field, kBnModes);
+}
+ActRange parse_act_range(const std::string& name, const std::string& field) {
+  return parse_enum(name, field, kActRanges);
 }
 
 QConfig QConfig::paper(int weight_bits, int act_bits) {
@@ -285,6 +296,8 @@ void QConfig::validate(const std::string& source) const {
             where(source));
   ZSQ_CHECK(weight_observer == ObserverKind::minmax || weight_granularity == Granularity::per_channel,
             "qconfig: weight_observer mse needs weight_granularity per_channel{}", where(source));
+  ZSQ_CHECK(act_range == ActRange::observed || !act_symmetric,
+            "qconfig: act_range learned needs unsigned activations (act_symmetric false){}", where(source));
   ZSQ_CHECK(mse_candidates >= 2 && mse_candidates <= 100000,
             "qconfig: mse_candidates must be in 2..100000, got {}{}", mse_candidates, where(source));
   ZSQ_CHECK(mse_min_ratio > 0.0f && mse_min_ratio <= 1.0f,
@@ -316,6 +329,7 @@ nlohmann::ordered_json QConfig::to_json() const {
   j["act_symmetric"] = act_symmetric;
   j["weight_observer"] = to_string(weight_observer);
   j["act_observer"] = to_string(act_observer);
+  j["act_range"] = to_string(act_range);
   j["ema_momentum"] = ema_momentum;
   j["freeze_after"] = freeze_after ? nlohmann::ordered_json(*freeze_after) : nlohmann::ordered_json(nullptr);
   j["mse_candidates"] = mse_candidates;

@@ -27,6 +27,11 @@
 //                       mse_min_ratio to 1), recomputed from the weights on every forward.
 //                       mse needs weight_granularity per_channel.
 //   act_observer        minmax | ema | gdfq_ema | mse
+//   act_range           observed | learned: once an activation site's observer freezes, quantize with
+//                       its range as observed, or with [0, hi] where hi starts from the observed one
+//                       and trains with the student (LSQ gradient, ops::fake_quant_learned_range;
+//                       the methods give it its own Adam, --opt range_lr). learned needs unsigned
+//                       activations (act_symmetric false) and post-ReLU sites (lo = 0).
 //   ema_momentum        (0, 1), beta of ema and gdfq_ema
 //   freeze_after        null (--set: none) or an observation count >= 1 after which ranges freeze
 //   mse_candidates      >= 2 clip ratios, evenly spaced from mse_min_ratio to 1
@@ -53,16 +58,19 @@ enum class Granularity : unsigned char { per_channel, per_tensor };
 enum class ObserverKind : unsigned char { minmax, ema, gdfq_ema, mse };
 enum class SteKind : unsigned char { plain, clipped };
 enum class BnMode : unsigned char { train, eval, frozen };
+enum class ActRange : unsigned char { observed, learned };
 
 const char* to_string(Granularity g);
 const char* to_string(ObserverKind k);
 const char* to_string(SteKind s);
 const char* to_string(BnMode m);
+const char* to_string(ActRange r);
 // Parse an enum name; `field` names the key in the error message.
 Granularity parse_granularity(const std::string& name, const std::string& field = "weight_granularity");
 ObserverKind parse_observer_kind(const std::string& name, const std::string& field = "act_observer");
 SteKind parse_ste_kind(const std::string& name, const std::string& field = "ste");
 BnMode parse_bn_mode(const std::string& name, const std::string& field = "bn_mode");
+ActRange parse_act_range(const std::string& name, const std::string& field = "act_range");
 
 // Bits of one layer; 0 means "inherit".
 struct LayerBits {
@@ -86,6 +94,7 @@ struct QConfig {
   bool act_symmetric = false;
   ObserverKind weight_observer = ObserverKind::minmax;  // minmax | mse (quant/weight_ranges.h)
   ObserverKind act_observer = ObserverKind::minmax;
+  ActRange act_range = ActRange::observed;
   float ema_momentum = 0.9f;
   std::optional<std::int64_t> freeze_after;
   int mse_candidates = 100;

@@ -98,7 +98,8 @@ nlohmann::json analyze_layers(Student& student, models::Classifier& teacher, con
       const auto* s = it->second;
       row["act_site"] = unit;
       row["act_bits"] = s->bits;
-      row["act_range"] = {s->observer->lo(), s->observer->hi()};
+      const auto [lo, hi] = student.activation_range(*s);
+      row["act_range"] = {lo, hi};
       row["act_sqnr_db"] = finite_or(sqnr_db(t_acts[unit], s_acts[unit]), 999.0);
       row["act_cosine"] = cosine_similarity(t_acts[unit], s_acts[unit]);
     }

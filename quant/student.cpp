@@ -1,6 +1,7 @@
 #include "quant/student.h"
 
 #include <algorithm>
+#include <cmath>
 #include "engine/autograd.h"
 
 #include "ops/fake_quant.h"
@@ -56,6 +57,10 @@ void Student::install_hooks() {
     // An activation belongs to its unit; the first unit (the stem) is the "first layer" for bits.
     site.bits = config_.bits_for(site.name, i == 0 ? LayerRole::first : LayerRole::middle).act_bits;
     site.observer = make_observer(config_, site.bits);
+    if (config_.act_range == ActRange::learned) {
+      site.learned_hi = Tensor::zeros({1});
+      site.learned_hi.set_requires_grad(true);
+    }
     site.unit->output_quantizer = [this, i](const Tensor& a) {
       return quantize_activation(activations_[i], a);
     };
@@ -83,13 +88,63 @@ Tensor Student::quantize_activation(ActivationSite& site, const Tensor& a) {
   if (!site.observer->frozen()) {
     site.observer->observe(a.detach());
     ++site.observations;
+    if (site.learned_hi.defined()) site.learned_hi.f32()[0] = site.observer->hi();
   }
   if (phase_ == Phase::calibrate) return a;
   ZSQ_CHECK(site.observations > 0 || site.observer->frozen(),
             "activation site {} has no range yet; calibrate first", site.name);
+  if (uses_learned_range(site)) {
+    ZSQ_CHECK(
+        site.observer->lo() == 0.0f,
+        "activation site {}: act_range learned needs a post-ReLU range [0, hi], the observer saw [{}, {}]",
+        site.name, site.observer->lo(), site.observer->hi());
+    const float hi = site.learned_hi.f32()[0];
+    ZSQ_CHECK(
+        std::isfinite(hi) && hi > 0.0f,
+        "activation site {}: the learned range [0, {}] is no longer a range (observed hi was {}); lower "
+        "the ranges' learning rate (--opt range_lr=...)",
+        site.name, hi, site.observer->hi());
+    return ops::fake_quant_learned_range(a, site.learned_hi, site.bits);
+  }
   // Post-ReLU activations are quantized on [0, hi] when the observer saw only non-negative values.
   ops::FakeQuantSpec spec{site.bits, config_.act_symmetric, config_.ste == SteKind::clipped};
   return ops::fake_quant_per_tensor(a, site.observer->lo(), site.observer->hi(), spec);
+}
+
+bool Student::uses_learned_range(const ActivationSite& site) {
+  // A site whose observer saw only zeros (hi 0) has no range to learn and keeps the fixed one.
+  return site.learned_hi.defined() && site.observer->frozen() && site.observer->hi() > 0.0f;
+}
+
+std::pair<float, float> Student::activation_range(const ActivationSite& site) const {
+  if (uses_learned_range(site)) return {site.observer->lo(), site.learned_hi.f32()[0]};
+  return {site.observer->lo(), site.observer->hi()};
+}
+
+std::vector<float> Student::activation_state(const ActivationSite& site) const {
+  auto state = site.observer->state();
+  const auto [lo, hi] = activation_range(site);
+  state[3] = lo;  // Observer::state(): [kind, steps, frozen, lo, hi, ...]
+  state[4] = hi;
+  return state;
+}
+
+std::vector<Tensor> Student::learned_ranges() const {
+  std::vector<Tensor> out;
+  for (const auto& s : activations_)
+    if (s.learned_hi.defined()) out.push_back(s.learned_hi);
+  return out;
+}
+
+bool Student::learned_ranges_active() const {
+  for (const auto& s : activations_)
+    if (uses_learned_range(s) && s.observations > 0) return true;
+  return false;
+}
+
+void Student::reset_learned_ranges_to_observed() {
+  for (auto& s : activations_)
+    if (s.learned_hi.defined()) s.learned_hi.f32()[0] = s.observer->hi();
 }
 
 void Student::freeze_ranges() {
@@ -142,7 +197,7 @@ Checkpoint Student::to_checkpoint(std::map<std::string, std::string> metadata) c
   Checkpoint ckpt(model_->named_state(), std::move(metadata));
   // The whole observer state (kind, steps, frozen flag, range, running statistics) so a run resumes exactly.
   for (const auto* s : used_activation_sites()) {
-    const auto state = s->observer->state();
+    const auto state = activation_state(*s);
     ckpt.add("quant.act." + s->name, Tensor::from_vector({static_cast<std::int64_t>(state.size())}, state));
   }
   return ckpt;
@@ -177,6 +232,7 @@ std::unique_ptr<Student> Student::from_checkpoint(const Checkpoint& checkpoint) 
     ++restored;
   }
   ZSQ_CHECK(restored > 0, "{}: quantized model without activation ranges", file);
+  student->reset_learned_ranges_to_observed();
   for (const auto& [name, t] : checkpoint.tensors)
     if (name.rfind("quant.act.", 0) == 0) {
       bool known = false;

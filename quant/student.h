@@ -5,6 +5,11 @@
 // current weights on each forward). Every ConvBnAct output that is post-ReLU is an activation site (the
 // stem, each block's first unit, each block's output after the residual add + ReLU, MobileNetV2's
 // expansion/depthwise/head units); its per-tensor range comes from an observer.
+// Learned ranges (QConfig act_range=learned): each site also owns `learned_hi`, f32 [1]. While its
+// observer is unfrozen it copies the observer's hi after every observation; once frozen, the site
+// quantizes on [0, learned_hi] and learned_hi trains (learned_ranges() gives them to an optimizer).
+// Checkpoints store the effective range as the observer's hi, so export, eval and reports read one
+// range whichever the mode.
 // Phases. `full_precision`: no quantization (reference forward). `calibrate`: activations pass in full
 // precision while observers record ranges (weights are quantized). `quantized`: weights and activations
 // are fake-quantized; observers keep updating unless frozen.
@@ -30,6 +35,7 @@ struct ActivationSite {
   int bits = 0;
   std::unique_ptr<Observer> observer;
   std::int64_t observations = 0;
+  Tensor learned_hi;  // act_range=learned only: f32 [1], requires grad
 };
 
 struct WeightSite {
@@ -63,6 +69,16 @@ class Student {
   void prepare_for_training();
 
   std::vector<ActivationSite>& activation_sites() { return activations_; }
+  // The range a site quantizes with: its observer's, or [lo, learned hi] once a learned site is frozen.
+  std::pair<float, float> activation_range(const ActivationSite& site) const;
+  // The observer's state with the effective range as its [lo, hi] (what a student checkpoint stores).
+  std::vector<float> activation_state(const ActivationSite& site) const;
+  // The learned hi of every site (empty unless act_range=learned), for an optimizer.
+  std::vector<Tensor> learned_ranges() const;
+  // True when some learned hi is in use (its observer frozen): the student's step should train them.
+  bool learned_ranges_active() const;
+  // Every learned hi set to its observer's hi (after observers were loaded from a file).
+  void reset_learned_ranges_to_observed();
   std::vector<WeightSite>& weight_sites() { return weights_; }
   // The activation sites that have seen data (sites whose unit is never post-ReLU stay unused).
   std::vector<const ActivationSite*> used_activation_sites() const;
@@ -75,6 +91,7 @@ class Student {
 
  private:
   void install_hooks();
+  static bool uses_learned_range(const ActivationSite& site);
   Tensor quantize_weight(const WeightSite& site, const Tensor& w) const;
   Tensor quantize_activation(ActivationSite& site, const Tensor& a);
 

@@ -136,6 +136,27 @@ TEST_CASE("the integer model reproduces the deploy fake-quant student") {
   }
 }
 
+TEST_CASE("a student with learned activation ranges exports the ranges it learned") {
+  models::ModelSpec spec;
+  auto teacher = small_teacher(spec);
+  auto config = quant::QConfig::deploy(4, 4);
+  config.set("act_range=learned");
+  auto student = calibrated_student(spec, *teacher, config);
+  const auto observed = quant::convert_to_integer(*student, {-0.8102f, 2.0227f, 32, 32});
+  for (auto& range : student->learned_ranges()) range.f32()[0] *= 0.7f;  // as if training had tightened them
+  const auto m = quant::convert_to_integer(*student, {-0.8102f, 2.0227f, 32, 32});
+  CHECK(m.blocks.at(0).conv1.output.scale == doctest::Approx(0.7 * observed.blocks.at(0).conv1.output.scale));
+  quant::IntegerRunner runner(m);
+  Rng rng(12);
+  const Tensor x = images_on_grid(m, 40, rng);
+  Tensor want;
+  {
+    NoGrad no_grad;
+    want = student->model().forward(x);
+  }
+  check_logits_agree(runner.forward(x), want, 0.05);
+}
+
 TEST_CASE("integer conversion refuses what it cannot represent") {
   models::ModelSpec spec;
   auto teacher = small_teacher(spec);

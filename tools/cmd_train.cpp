@@ -13,6 +13,7 @@
 #include "ops/loss.h"
 #include "tools/commands.h"
 #include "tools/evaluate.h"
+#include "tools/train_student.h"
 
 namespace zsq::cli {
 
@@ -26,6 +27,11 @@ struct TrainOptions {
   float lr = 0.1f, momentum = 0.9f, weight_decay = 5e-4f;
   double width_mult = 0.0;  // > 0: MobileNetV2 channel multiplier (default 1.0)
   bool resume = false, no_augment = false, no_test = false;
+  // --student: fine-tune a quantized student on real images (tools/train_student.h) instead.
+  std::string student, teacher;
+  std::int64_t steps = 1000, calibrate_batches = 4, eval_every = 0;
+  float temperature = 1.0f, range_lr = 1e-3f;
+  std::vector<std::string> sets;
 };
 
 std::string state_path(const std::string& out) {
@@ -153,9 +159,10 @@ void add_train_command(CLI::App& app) {
   verb->add_option("--data", o->data, "Fashion-MNIST directory (IDX .gz files)")->capture_default_str();
   verb->add_option("--epochs", o->epochs, "Epochs")->check(CLI::PositiveNumber)->capture_default_str();
   verb->add_option("--batch", o->batch, "Batch size")->check(CLI::PositiveNumber)->capture_default_str();
-  verb->add_option("--lr", o->lr, "Peak learning rate (cosine decay per step to 0)")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
+  auto* lr = verb->add_option("--lr", o->lr,
+                              "Peak learning rate (cosine decay per step to 0; --student: 1e-3, constant)")
+                 ->check(CLI::PositiveNumber)
+                 ->capture_default_str();
   verb->add_option("--momentum", o->momentum, "Nesterov momentum (0 = plain SGD)")->capture_default_str();
   verb->add_option("--wd", o->weight_decay, "Weight decay")->capture_default_str();
   verb->add_option("--out", o->out, "Output model file (.safetensors)")->required();
@@ -165,8 +172,56 @@ void add_train_command(CLI::App& app) {
   verb->add_option("--limit", o->limit, "Train on the first N images only (smoke tests)");
   verb->add_option("--stop-after-epoch", o->stop_after_epoch,
                    "Exit after epoch K's state is written (tests resume)");
+  verb->add_option("--student", o->student,
+                   "Real-data upper bound (not zero-shot): fine-tune this quantized student (a zsq quantize "
+                   "output) by KD from --teacher on the training images, write it to --out");
+  verb->add_option("--teacher", o->teacher, "--student: the full-precision teacher");
+  verb->add_option("--steps", o->steps, "--student: fine-tuning steps")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  verb->add_option("--calibrate-batches", o->calibrate_batches,
+                   "--student: re-observe activation ranges on N real batches first (0: keep the student's)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  verb->add_option("--eval-every", o->eval_every, "--student: print the test accuracy every N steps")
+      ->check(CLI::NonNegativeNumber);
+  verb->add_option("--temperature", o->temperature, "--student: KD temperature")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  verb->add_option("--range-lr", o->range_lr, "--student: Adam lr of learned activation ranges")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  verb->add_option(
+      "--set", o->sets,
+      "--student: override a key of the student's quantization config, e.g. --set act_range=learned "
+      "(repeatable)");
   add_common_options(verb, o->common);
-  verb->callback([o] { run_train(*o); });
+  verb->callback([o, lr] {
+    if (o->student.empty()) {
+      ZSQ_CHECK(o->teacher.empty() && o->sets.empty(),
+                "zsq train: --teacher and --set are for --student (a real-data fine-tune)");
+      run_train(*o);
+      return;
+    }
+    ZSQ_CHECK(!o->resume && o->stop_after_epoch == 0 && o->width_mult == 0,
+              "zsq train --student: --resume, --stop-after-epoch and --width-mult are for teacher training");
+    apply_common_options(o->common);
+    run_train_student({.student = o->student,
+                       .teacher = o->teacher,
+                       .data = o->data,
+                       .out = o->out,
+                       .steps = o->steps,
+                       .batch = o->batch,
+                       .calibrate_batches = o->calibrate_batches,
+                       .eval_every = o->eval_every,
+                       .limit = o->limit,
+                       .lr = lr->count() > 0 ? o->lr : 1e-3f,
+                       .temperature = o->temperature,
+                       .range_lr = o->range_lr,
+                       .sets = o->sets,
+                       .augment = !o->no_augment,
+                       .test = !o->no_test});
+  });
 }
 
 }  // namespace zsq::cli

@@ -90,12 +90,14 @@ GdfqTrainer::GdfqTrainer(models::Classifier& teacher, Student& student, const Gd
                                                                       .nesterov = true});
   if (options.weight_average > 0)
     average_ = std::make_unique<WeightAverage>(student_.model(), options.weight_average);
+  make_range_optimizer(options.range_lr);
 }
 
 void GdfqTrainer::begin_epoch(std::int64_t epoch) {
   const auto& o = options_;
   q_optim_->set_lr(epoch_learning_rate(o.q_lr, o.lr_schedule, o.lr_milestones, epoch, o.epochs));
   g_optim_->set_lr(epoch_learning_rate(o.g_lr, o.lr_schedule, o.lr_milestones, epoch, o.epochs));
+  set_range_lr(epoch_learning_rate(o.range_lr, o.lr_schedule, o.lr_milestones, epoch, o.epochs));
   if (epoch >= options_.freeze_epochs)
     student_.freeze_ranges();
   else
@@ -150,9 +152,9 @@ GdfqIteration GdfqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, R
   ZSQ_CHECK(std::isfinite(r.q_loss), "gdfq: student loss became {} at epoch {} iteration {}", r.q_loss,
             epoch + 1, iteration + 1);
   if (epoch >= options_.warmup_epochs) {
-    q_optim_->zero_grad();
+    zero_student_grads();
     q_loss.backward();
-    q_optim_->step();
+    step_student();
     check_student_finite(epoch, iteration, r.q_loss, q_optim_->lr());
     r.student_updated = true;
   }

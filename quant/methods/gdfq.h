@@ -42,6 +42,7 @@ struct GdfqOptions {
   std::vector<std::int64_t> lr_milestones{100, 200, 300};  // epochs, x0.1 for both optimizers
   std::int64_t recalibrate_batches = 0;  // > 0: fresh ranges from the generator when they freeze
   float weight_average = 0.0f;       // > 0: the student handed out is an EMA of its weights with this decay
+  float range_lr = 1e-3f;            // Adam lr of learned activation ranges (act_range=learned)
   std::string lr_schedule = "step";  // step: x0.1 at lr_milestones; cosine: per epoch to 0 at the end
   float q_ce_weight = 1.0f;          // weight of the student's cross-entropy towards the generator's labels
   std::uint64_t seed = 0;

@@ -99,12 +99,12 @@ class GenerativeTrainer {
   // go in through Student::to_checkpoint).
   void save_state(Checkpoint& checkpoint) const {
     save_trainer_state(checkpoint, method_, epochs_done_, test_accuracy_,
-                       {*generator_, *g_optim_, *q_optim_, student_});
+                       {*generator_, *g_optim_, *q_optim_, student_, range_optim_.get()});
     if (average_) average_->save(checkpoint);
   }
   void load_state(const Checkpoint& checkpoint) {
     epochs_done_ = load_trainer_state(checkpoint, method_, test_accuracy_,
-                                      {*generator_, *g_optim_, *q_optim_, student_});
+                                      {*generator_, *g_optim_, *q_optim_, student_, range_optim_.get()});
     if (average_) average_->load(checkpoint);
   }
 
@@ -135,6 +135,25 @@ class GenerativeTrainer {
     student_.calibrate(batches, [&](std::int64_t) { return generate(rng); });
   }
 
+  // The learned activation ranges (QConfig act_range=learned) get their own Adam: their gradients are
+  // sums over whole activation tensors, on another scale than the weights' SGD step.
+  void make_range_optimizer(float lr) {
+    auto ranges = student_.learned_ranges();
+    if (!ranges.empty()) range_optim_ = std::make_unique<Adam>(std::move(ranges), AdamOptions{.lr = lr});
+  }
+  void set_range_lr(float lr) {
+    if (range_optim_) range_optim_->set_lr(lr);
+  }
+  void zero_student_grads() {
+    q_optim_->zero_grad();
+    if (range_optim_) range_optim_->zero_grad();
+  }
+  // One optimizer step of the student's weights and, once they are in use, its learned ranges.
+  void step_student() {
+    q_optim_->step();
+    if (range_optim_ && student_.learned_ranges_active()) range_optim_->step();
+  }
+
   // After a student step: a finite loss can still take a step that overflows a weight (a depthwise
   // channel of MobileNetV2 at 4 bits did); stop with what happened and what to change instead of failing
   // later inside a quantizer. A weight beyond kExplodedWeight is as good as lost: the next forward
@@ -161,6 +180,7 @@ class GenerativeTrainer {
   std::unique_ptr<models::Generator> generator_;
   std::unique_ptr<Adam> g_optim_;
   std::unique_ptr<Sgd> q_optim_;
+  std::unique_ptr<Adam> range_optim_;       // act_range=learned only
   std::unique_ptr<WeightAverage> average_;  // set by a method whose options ask for weight_average > 0
   std::int64_t epochs_done_ = 0;
   std::vector<EpochAccuracy> test_accuracy_;

@@ -1,6 +1,7 @@
 #include "quant/methods/kd_finetune.h"
 
 #include <cmath>
+#include <memory>
 
 #include "engine/autograd.h"
 #include "engine/optim.h"
@@ -22,6 +23,9 @@ void kd_finetune(models::Classifier& teacher, Student& student, const KdFinetune
   student.model().set_requires_grad(true);
   Sgd sgd(student.model().parameters(),
           {.lr = o.lr, .momentum = o.momentum, .weight_decay = o.weight_decay, .nesterov = o.momentum > 0});
+  std::unique_ptr<Adam> range_adam;
+  if (auto ranges = student.learned_ranges(); !ranges.empty())
+    range_adam = std::make_unique<Adam>(std::move(ranges), AdamOptions{.lr = o.range_lr});
   for (std::int64_t step = 0; step < o.steps; ++step) {
     Tensor x = draw(o.batch, rng).detach();
     Tensor target;
@@ -33,8 +37,10 @@ void kd_finetune(models::Classifier& teacher, Student& student, const KdFinetune
     const float value = loss.item();
     ZSQ_CHECK(std::isfinite(value), "kd fine-tune: loss became {} at step {}", value, step + 1);
     sgd.zero_grad();
+    if (range_adam) range_adam->zero_grad();
     loss.backward();
     sgd.step();
+    if (range_adam) range_adam->step();
     if (on_step) on_step({step + 1, value});
   }
 }

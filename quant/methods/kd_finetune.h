@@ -19,6 +19,7 @@ struct KdFinetuneOptions {
   float momentum = 0.9f;
   float weight_decay = 1e-4f;
   float temperature = 1.0f;
+  float range_lr = 1e-3f;  // Adam on the student's learned activation ranges (act_range=learned only)
 };
 
 struct KdFinetuneStep {

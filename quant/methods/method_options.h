@@ -35,6 +35,7 @@ std::vector<OptionField> training_schedule_fields(Options& o) {
       {"q_momentum", &o.q_momentum, "student SGD momentum"},
       {"q_weight_decay", &o.q_weight_decay, "student weight decay"},
       {"g_lr", &o.g_lr, "generator Adam learning rate"},
+      {"range_lr", &o.range_lr, "Adam learning rate of learned activation ranges (--set act_range=learned)"},
       {"weight_average", &o.weight_average, "EMA decay per iteration of the student's weights (0: off)"},
       {"lr_schedule", &o.lr_schedule, "step (x0.1 at lr_milestones) or cosine", {"step", "cosine"}},
       {"lr_milestones", &o.lr_milestones, "epochs where step multiplies both learning rates by 0.1"},

@@ -22,6 +22,7 @@ struct TrainerParts {
   Optimizer& generator_optim;
   Optimizer& student_optim;
   Student& student;
+  Optimizer* range_optim = nullptr;  // the learned activation ranges' optimizer (act_range=learned)
 };
 
 void save_trainer_state(Checkpoint& ckpt, const std::string& method, std::int64_t epochs_done,

@@ -101,12 +101,14 @@ ZaqTrainer::ZaqTrainer(models::Classifier& teacher, Student& student, const ZaqO
                                                                       .nesterov = !options.student_bn_train});
   if (options.weight_average > 0)
     average_ = std::make_unique<WeightAverage>(student_.model(), options.weight_average);
+  make_range_optimizer(options.range_lr);
 }
 
 void ZaqTrainer::begin_epoch(std::int64_t epoch) {
   const auto& o = options_;
   q_optim_->set_lr(epoch_learning_rate(o.q_lr, o.lr_schedule, o.lr_milestones, epoch, o.epochs));
   g_optim_->set_lr(epoch_learning_rate(o.g_lr, o.lr_schedule, o.lr_milestones, epoch, o.epochs));
+  set_range_lr(epoch_learning_rate(o.range_lr, o.lr_schedule, o.lr_milestones, epoch, o.epochs));
   if (options_.freeze_epochs >= 0 && epoch >= options_.freeze_epochs)
     student_.freeze_ranges();
   else
@@ -160,9 +162,9 @@ ZaqIteration ZaqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, Rng
     r.q_loss = loss.item(), r.q_output = d_o.item(), r.q_feature = d_f.item();
     ZSQ_CHECK(std::isfinite(r.q_loss), "zaq: student loss became {} at epoch {} iteration {}", r.q_loss,
               epoch + 1, iteration + 1);
-    q_optim_->zero_grad();
+    zero_student_grads();
     loss.backward();
-    q_optim_->step();
+    step_student();
     check_student_finite(epoch, iteration, r.q_loss, q_optim_->lr());
   }
 
@@ -180,8 +182,7 @@ ZaqIteration ZaqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, Rng
   g_optim_->zero_grad();
   g_loss.backward();
   g_optim_->step();
-  q_optim_
-      ->zero_grad();  // the G-step left gradients on Q's parameters; they must not leak into its next step
+  zero_student_grads();  // the G-step left gradients on Q's parameters; they must not leak into its next step
   return r;
 }
 
