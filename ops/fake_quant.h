@@ -69,6 +69,17 @@ Tensor fake_quant_per_channel_minmax(const Tensor& w, const FakeQuantSpec& spec)
 //   dhi = sum(g * c) / L, c = round(v) - v inside, L above the grid, 0 below
 // (no LSQ gradient scale: the range's optimizer is Adam, which does not see the scale).
 Tensor fake_quant_learned_range(const Tensor& x, const Tensor& hi, int bits);
+// Learned per-channel clip ratios (LSQ on weights): channel c is quantized on [r_c * min_c, r_c * max_c]
+// (min/max of w's channel, recomputed on every call like fake_quant_per_channel_minmax; symmetric grids:
+// r_c * max|w_c|), ratio f32 [w.size(0)], every r_c > 0. Forward: fake_quant_per_channel(w, lo, hi,
+// spec) with lo, hi = ratio_channel_ranges(w, ratio). Backward (the grid's zero point does not depend
+// on r, so it is held fixed), with delta_c the channel's grid step and v = w / delta_c:
+//   dw   = g where qmin <= v <= qmax, else 0 (clipped: a clipped weight is the ratio's business)
+//   dr_c = sum over the channel of g * c * delta_c / r_c, c = round(v) - v inside, qmin below, qmax above.
+Tensor fake_quant_per_channel_ratio(const Tensor& w, const Tensor& ratio, const FakeQuantSpec& spec);
+// The ranges fake_quant_per_channel_ratio uses: lo_c = r_c * min_c, hi_c = r_c * max_c (f32 products),
+// f32 [w.size(0)] each, no autograd. Export calls this to quantize to the student's grid exactly.
+std::pair<Tensor, Tensor> ratio_channel_ranges(const Tensor& w, const Tensor& ratio);
 // Per-dim-0 min and max of w (f32 [w.size(0)] each, no autograd). -0.0 is reported as +0.0.
 std::pair<Tensor, Tensor> channel_min_max(const Tensor& w);
 

@@ -1,6 +1,7 @@
 // ops::fake_quant_learned_range (declared in ops/fake_quant.h): the forward reuses the fixed-range
 // kernel, the backward is one fused pass giving the clipped input gradient and the range gradient.
 #include <cmath>
+#include <vector>
 
 #include "engine/autograd.h"
 #include "ops/fake_quant.h"
@@ -50,6 +51,68 @@ Tensor fake_quant_learned_range(const Tensor& x, const Tensor& hi, int bits) {
                                               {static_cast<float>(range_sum / static_cast<double>(qmax))});
                   return std::vector<Tensor>{dx, dhi};
                 });
+}
+
+std::pair<Tensor, Tensor> ratio_channel_ranges(const Tensor& w, const Tensor& ratio) {
+  constexpr const char* op = "fake_quant_per_channel_ratio";
+  ZSQ_CHECK(w.defined() && w.dtype() == DType::f32 && w.device().is_cpu() && w.dim() >= 1,
+            "{}: w must be an f32 CPU tensor with a channel dimension, got {}", op,
+            w.defined() ? w.str() : std::string("undefined"));
+  ZSQ_CHECK(ratio.defined() && ratio.dtype() == DType::f32 && ratio.device().is_cpu() && ratio.dim() == 1 &&
+                ratio.size(0) == w.size(0),
+            "{}: ratio must be f32 [{}] (one per output channel of w {}), got {}", op, w.size(0), w.str(),
+            ratio.defined() ? ratio.str() : std::string("undefined"));
+  auto [lo, hi] = channel_min_max(w.detach());
+  const auto r = ratio.detach().to_vector();
+  for (std::int64_t c = 0; c < w.size(0); ++c) {
+    ZSQ_CHECK(std::isfinite(r[c]) && r[c] > 0.0f, "{}: ratio[{}] = {} must be finite and > 0 (w {})", op, c,
+              r[c], w.str());
+    lo.f32()[c] *= r[c];
+    hi.f32()[c] *= r[c];
+  }
+  return {lo, hi};
+}
+
+Tensor fake_quant_per_channel_ratio(const Tensor& w, const Tensor& ratio, const FakeQuantSpec& spec) {
+  const auto [lo, hi] = ratio_channel_ranges(w, ratio);
+  const auto channels = w.size(0);
+  std::vector<FakeQuantGrid> grids(static_cast<std::size_t>(channels));
+  for (std::int64_t c = 0; c < channels; ++c) grids[c] = fake_quant_grid(lo.f32()[c], hi.f32()[c], spec);
+  Tensor out;
+  {
+    NoGrad no_grad;  // the node below replaces the fixed-range op's straight-through node
+    out = fake_quant_per_channel(w.detach(), lo, hi, spec);
+  }
+  if (!any_requires_grad({&w, &ratio})) return out;
+  Tensor saved = w.detach();
+  std::vector<float> r = ratio.detach().to_vector();
+  return record(
+      out, "fake_quant_per_channel_ratio", {w, ratio},
+      [saved, grids = std::move(grids), r = std::move(r)](const Tensor& g, const std::vector<bool>& needs) {
+        const Tensor gg = g.format() == saved.format() ? g : g.to_format(saved.format());
+        const std::int64_t channels = saved.size(0);
+        const std::int64_t inner = channels == 0 ? 0 : saved.numel() / channels;
+        Tensor dw = needs[0] ? Tensor::empty(saved.shape(), DType::f32, saved.format()) : Tensor();
+        Tensor dr = Tensor::zeros({channels});
+    // In both 4-D formats dim 0 is outermost: channel c is one contiguous block.
+#pragma omp parallel for schedule(static) if (saved.numel() > (1 << 15))
+        for (std::int64_t c = 0; c < channels; ++c) {
+          const auto& grid = grids[static_cast<std::size_t>(c)];
+          const float* x = saved.f32() + c * inner;
+          const float* gp = gg.f32() + c * inner;
+          float* d = needs[0] ? dw.f32() + c * inner : nullptr;
+          double sum = 0.0;
+          for (std::int64_t i = 0; i < inner; ++i) {
+            const float v = x[i] / grid.delta;
+            const bool below = v<grid.qmin, above = v> grid.qmax;
+            const float k = below ? grid.qmin : (above ? grid.qmax : std::nearbyint(v) - v);
+            if (d != nullptr) d[i] = below || above ? 0.0f : gp[i];
+            sum += static_cast<double>(gp[i]) * static_cast<double>(k);
+          }
+          dr.f32()[c] = static_cast<float>(sum * grid.delta / r[static_cast<std::size_t>(c)]);
+        }
+        return std::vector<Tensor>{dw, needs[1] ? dr : Tensor()};
+      });
 }
 
 }  // namespace zsq::ops

@@ -29,12 +29,14 @@ struct Folded {
 };
 
 // Integer weights of `w` (dim 0 = output channel) on the student's grid, and their scales.
+// ratio: the site's learned clip ratios (weight_range=learned), else null.
 void quantize_weights(const Tensor& w_in, int bits, const std::string& layer, const QConfig& config,
-                      Folded& out) {
+                      const Tensor* ratio, Folded& out) {
   const Tensor w = w_in.detach().to_format(MemoryFormat::contiguous);
   const auto channels = w.size(0), per = w.numel() / channels;
   const ops::FakeQuantSpec spec{bits, true, false};
-  const auto [lo, hi] = weight_channel_ranges(w, spec, config);  // the student's ranges
+  const auto [lo, hi] = ratio != nullptr ? ops::ratio_channel_ranges(w, *ratio)
+                                         : weight_channel_ranges(w, spec, config);  // the student's ranges
   out.weight.resize(static_cast<std::size_t>(w.numel()));
   out.weight_scale.resize(static_cast<std::size_t>(channels));
   for (std::int64_t o = 0; o < channels; ++o) {
@@ -49,9 +51,10 @@ void quantize_weights(const Tensor& w_in, int bits, const std::string& layer, co
   ZSQ_CHECK(bits <= 8, "{}: {}-bit weights do not fit in int8", layer, bits);
 }
 
-Folded fold(const models::ConvBnAct& unit, int bits, const std::string& layer, const QConfig& config) {
+Folded fold(const models::ConvBnAct& unit, int bits, const std::string& layer, const QConfig& config,
+            const Tensor* ratio) {
   Folded f;
-  quantize_weights(unit.conv->weight, bits, layer, config, f);
+  quantize_weights(unit.conv->weight, bits, layer, config, ratio, f);
   const auto& bn = *unit.bn;
   const auto out = unit.conv->weight.size(0), per = unit.conv->weight.numel() / out;
   f.bias.resize(static_cast<std::size_t>(out));
@@ -144,7 +147,11 @@ IntegerModel convert_to_integer(Student& student, const InputSpec& input) {
   std::map<const models::ConvBnAct*, const ActivationSite*> site_of;
   for (const auto& s : student.activation_sites()) site_of[s.unit] = &s;
   std::map<std::string, int> bits_of;
-  for (const auto& s : student.weight_sites()) bits_of[s.name] = s.bits;
+  std::map<std::string, const Tensor*> ratio_of;
+  for (const auto& s : student.weight_sites()) {
+    bits_of[s.name] = s.bits;
+    ratio_of[s.name] = s.learned_ratio.defined() ? &s.learned_ratio : nullptr;
+  }
   auto act = [&](const models::ConvBnAct& unit) { return output_grid(student, *site_of.at(&unit), config); };
 
   IntegerModel m;
@@ -168,7 +175,8 @@ IntegerModel convert_to_integer(Student& student, const InputSpec& input) {
   m.stem = conv_geometry("stem", stem);
   m.stem.weight_bits = bits_of.at("stem.conv");
   m.stem.output = act(stem);
-  finish_layer(m.stem, fold(stem, m.stem.weight_bits, "stem", config), m.input.scale);
+  finish_layer(m.stem, fold(stem, m.stem.weight_bits, "stem", config, ratio_of.at("stem.conv")),
+               m.input.scale);
 
   ActGrid current = m.stem.output;
   for (std::size_t i = 1; i + 1 < top.size(); ++i) {
@@ -178,17 +186,24 @@ IntegerModel convert_to_integer(Student& student, const InputSpec& input) {
     b.conv1 = conv_geometry(name + ".conv1", *block.body1);
     b.conv1.weight_bits = bits_of.at(name + ".conv1.conv");
     b.conv1.output = act(*block.body1);
-    finish_layer(b.conv1, fold(*block.body1, b.conv1.weight_bits, b.conv1.name, config), current.scale);
+    finish_layer(
+        b.conv1,
+        fold(*block.body1, b.conv1.weight_bits, b.conv1.name, config, ratio_of.at(name + ".conv1.conv")),
+        current.scale);
     b.conv2 = conv_geometry(name + ".conv2", *block.body2);
     b.conv2.weight_bits = bits_of.at(name + ".conv2.conv");
     b.conv2.output = act(*block.body2);  // the block output, after the residual add and ReLU
-    finish_layer(b.conv2, fold(*block.body2, b.conv2.weight_bits, b.conv2.name, config),
-                 b.conv1.output.scale);
+    finish_layer(
+        b.conv2,
+        fold(*block.body2, b.conv2.weight_bits, b.conv2.name, config, ratio_of.at(name + ".conv2.conv")),
+        b.conv1.output.scale);
     if (block.shortcut) {
       IntLayer sc = conv_geometry(name + ".shortcut", *block.shortcut);
       sc.weight_bits = bits_of.at(name + ".shortcut.conv");
       sc.output = b.conv2.output;  // its f32 output is in the block output's units
-      finish_layer(sc, fold(*block.shortcut, sc.weight_bits, sc.name, config), current.scale);
+      finish_layer(
+          sc, fold(*block.shortcut, sc.weight_bits, sc.name, config, ratio_of.at(name + ".shortcut.conv")),
+          current.scale);
       b.shortcut = std::move(sc);
     }
     current = b.conv2.output;
@@ -201,7 +216,7 @@ IntegerModel convert_to_integer(Student& student, const InputSpec& input) {
   m.fc.out_channels = fc.weight.size(0);
   m.fc.weight_bits = bits_of.at("fc");
   Folded f;
-  quantize_weights(fc.weight, m.fc.weight_bits, "fc", config, f);
+  quantize_weights(fc.weight, m.fc.weight_bits, "fc", config, ratio_of.at("fc"), f);
   f.bias.assign(static_cast<std::size_t>(m.fc.out_channels), 0.0f);
   if (fc.bias.defined())
     for (std::int64_t o = 0; o < m.fc.out_channels; ++o)

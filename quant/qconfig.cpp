@@ -135,6 +135,9 @@ void apply_key(QConfig& cfg, const std::string& key, const json& v, const std::s
   } else if (key == "act_observer") {
     const auto s = read_string(v, key, source);
     cfg.act_observer = with_source([&] { return parse_observer_kind(s, key); }, source);
+  } else if (key == "weight_range") {
+    const auto s = read_string(v, key, source);
+    cfg.weight_range = with_source([&] { return parse_act_range(s, key); }, source);
   } else if (key == "act_range") {
     const auto s = read_string(v, key, source);
     cfg.act_range = with_source([&] { return parse_act_range(s, key); }, source);
@@ -296,6 +299,8 @@ void QConfig::validate(const std::string& source) const {
             where(source));
   ZSQ_CHECK(weight_observer == ObserverKind::minmax || weight_granularity == Granularity::per_channel,
             "qconfig: weight_observer mse needs weight_granularity per_channel{}", where(source));
+  ZSQ_CHECK(weight_range == ActRange::observed || weight_granularity == Granularity::per_channel,
+            "qconfig: weight_range learned needs weight_granularity per_channel{}", where(source));
   ZSQ_CHECK(act_range == ActRange::observed || !act_symmetric,
             "qconfig: act_range learned needs unsigned activations (act_symmetric false){}", where(source));
   ZSQ_CHECK(mse_candidates >= 2 && mse_candidates <= 100000,
@@ -328,6 +333,7 @@ nlohmann::ordered_json QConfig::to_json() const {
   j["weight_symmetric"] = weight_symmetric;
   j["act_symmetric"] = act_symmetric;
   j["weight_observer"] = to_string(weight_observer);
+  j["weight_range"] = to_string(weight_range);
   j["act_observer"] = to_string(act_observer);
   j["act_range"] = to_string(act_range);
   j["ema_momentum"] = ema_momentum;

@@ -26,6 +26,11 @@
 //                       clip ratio with the least squared error (mse_candidates ratios from
 //                       mse_min_ratio to 1), recomputed from the weights on every forward.
 //                       mse needs weight_granularity per_channel.
+//   weight_range        observed | learned: each weight channel's range as weight_observer gives it, or
+//                       [r min, r max] (symmetric: r max|w|) with a clip ratio r per output channel that
+//                       starts at weight_observer's choice (minmax: 1, mse: the MSE ratio) and trains
+//                       with the student (LSQ gradient, ops::fake_quant_per_channel_ratio; same Adam
+//                       as learned activation ranges). Needs weight_granularity per_channel.
 //   act_observer        minmax | ema | gdfq_ema | mse
 //   act_range           observed | learned: once an activation site's observer freezes, quantize with
 //                       its range as observed, or with [0, hi] where hi starts from the observed one
@@ -93,6 +98,7 @@ struct QConfig {
   bool weight_symmetric = false;
   bool act_symmetric = false;
   ObserverKind weight_observer = ObserverKind::minmax;  // minmax | mse (quant/weight_ranges.h)
+  ActRange weight_range = ActRange::observed;           // learned: trained per-channel clip ratios
   ObserverKind act_observer = ObserverKind::minmax;
   ActRange act_range = ActRange::observed;
   float ema_momentum = 0.9f;

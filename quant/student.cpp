@@ -46,6 +46,7 @@ void Student::install_hooks() {
       site.weight = linear->weight;
       site.hook = &linear->weight_quantizer;
     }
+    if (config_.weight_range == ActRange::learned) site.learned_ratio = initial_clip_ratios(site);
     weights_.push_back(site);
   }
   for (std::size_t i = 0; i < weights_.size(); ++i)
@@ -67,8 +68,29 @@ void Student::install_hooks() {
   }
 }
 
+Tensor Student::initial_clip_ratios(const WeightSite& site) const {
+  const Tensor w = site.weight.detach();
+  const auto channels = w.size(0);
+  std::vector<float> ratios(static_cast<std::size_t>(channels), 1.0f);
+  if (config_.weight_observer == ObserverKind::mse) {
+    const ops::FakeQuantSpec spec{site.bits, config_.weight_symmetric, false};
+    const auto [lo, hi] = weight_channel_ranges(w, spec, config_);
+    const auto [mn, mx] = ops::channel_min_max(w);
+    for (std::int64_t c = 0; c < channels; ++c) {
+      // The MSE search scales min and max by one ratio (symmetric grids: max|w|); recover it.
+      const float full = std::max(std::abs(mn.f32()[c]), std::abs(mx.f32()[c]));
+      const float clipped = std::max(std::abs(lo.f32()[c]), std::abs(hi.f32()[c]));
+      if (full > 0.0f) ratios[static_cast<std::size_t>(c)] = std::min(1.0f, clipped / full);
+    }
+  }
+  Tensor out = Tensor::from_vector({channels}, ratios);
+  out.set_requires_grad(true);
+  return out;
+}
+
 Tensor Student::quantize_weight(const WeightSite& site, const Tensor& w) const {
   ops::FakeQuantSpec spec{site.bits, config_.weight_symmetric, config_.ste == SteKind::clipped};
+  if (site.learned_ratio.defined()) return ops::fake_quant_per_channel_ratio(w, site.learned_ratio, spec);
   if (config_.weight_granularity == Granularity::per_channel) {
     if (config_.weight_observer == ObserverKind::minmax) return ops::fake_quant_per_channel_minmax(w, spec);
     const auto [lo, hi] = weight_channel_ranges(w.detach(), spec, config_);
@@ -133,12 +155,16 @@ std::vector<Tensor> Student::learned_ranges() const {
   std::vector<Tensor> out;
   for (const auto& s : activations_)
     if (s.learned_hi.defined()) out.push_back(s.learned_hi);
+  for (const auto& s : weights_)
+    if (s.learned_ratio.defined()) out.push_back(s.learned_ratio);
   return out;
 }
 
 bool Student::learned_ranges_active() const {
   for (const auto& s : activations_)
     if (uses_learned_range(s) && s.observations > 0) return true;
+  for (const auto& s : weights_)
+    if (s.learned_ratio.defined()) return true;
   return false;
 }
 
@@ -200,6 +226,8 @@ Checkpoint Student::to_checkpoint(std::map<std::string, std::string> metadata) c
     const auto state = activation_state(*s);
     ckpt.add("quant.act." + s->name, Tensor::from_vector({static_cast<std::int64_t>(state.size())}, state));
   }
+  for (const auto& s : weights_)
+    if (s.learned_ratio.defined()) ckpt.add("quant.weight_ratio." + s.name, s.learned_ratio.detach().clone());
   return ckpt;
 }
 
@@ -233,6 +261,21 @@ std::unique_ptr<Student> Student::from_checkpoint(const Checkpoint& checkpoint) 
   }
   ZSQ_CHECK(restored > 0, "{}: quantized model without activation ranges", file);
   student->reset_learned_ranges_to_observed();
+  for (auto& site : student->weights_) {
+    const Tensor* ratio = checkpoint.find("quant.weight_ratio." + site.name);
+    if (!site.learned_ratio.defined()) {
+      ZSQ_CHECK(ratio == nullptr,
+                "{}: quant.weight_ratio.{} in a student whose config has weight_range observed", file,
+                site.name);
+      continue;
+    }
+    ZSQ_CHECK(ratio != nullptr, "{}: weight_range learned but no quant.weight_ratio.{}", file, site.name);
+    ZSQ_CHECK(ratio->dtype() == DType::f32 && ratio->shape() == site.learned_ratio.shape(),
+              "{}: quant.weight_ratio.{} is {}, expected f32 [{}]", file, site.name, ratio->str(),
+              site.learned_ratio.size(0));
+    const auto values = ratio->to_vector();
+    std::copy(values.begin(), values.end(), site.learned_ratio.f32());
+  }
   for (const auto& [name, t] : checkpoint.tensors)
     if (name.rfind("quant.act.", 0) == 0) {
       bool known = false;

@@ -5,6 +5,9 @@
 // current weights on each forward). Every ConvBnAct output that is post-ReLU is an activation site (the
 // stem, each block's first unit, each block's output after the residual add + ReLU, MobileNetV2's
 // expansion/depthwise/head units); its per-tensor range comes from an observer.
+// Learned weight ranges (weight_range=learned): each weight site owns per-channel clip ratios, set at
+// construction from weight_observer's ranges of the teacher's weights; checkpoints store them as
+// "quant.weight_ratio.<site>".
 // Learned ranges (QConfig act_range=learned): each site also owns `learned_hi`, f32 [1]. While its
 // observer is unfrozen it copies the observer's hi after every observation; once frozen, the site
 // quantizes on [0, learned_hi] and learned_hi trains (learned_ranges() gives them to an optimizer).
@@ -43,6 +46,7 @@ struct WeightSite {
   Tensor weight;
   models::TensorTransform* hook = nullptr;
   int bits = 0;
+  Tensor learned_ratio;  // weight_range=learned only: f32 [out channels] clip ratios, requires grad
 };
 
 class Student {
@@ -73,7 +77,8 @@ class Student {
   std::pair<float, float> activation_range(const ActivationSite& site) const;
   // The observer's state with the effective range as its [lo, hi] (what a student checkpoint stores).
   std::vector<float> activation_state(const ActivationSite& site) const;
-  // The learned hi of every site (empty unless act_range=learned), for an optimizer.
+  // Every learned range tensor, for one optimizer: the learned hi of each activation site
+  // (act_range=learned), then each weight site's clip ratios (weight_range=learned). Empty otherwise.
   std::vector<Tensor> learned_ranges() const;
   // True when some learned hi is in use (its observer frozen): the student's step should train them.
   bool learned_ranges_active() const;
@@ -93,6 +98,7 @@ class Student {
   void install_hooks();
   static bool uses_learned_range(const ActivationSite& site);
   Tensor quantize_weight(const WeightSite& site, const Tensor& w) const;
+  Tensor initial_clip_ratios(const WeightSite& site) const;
   Tensor quantize_activation(ActivationSite& site, const Tensor& a);
 
   models::ModelSpec spec_;

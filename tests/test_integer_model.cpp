@@ -136,16 +136,22 @@ TEST_CASE("the integer model reproduces the deploy fake-quant student") {
   }
 }
 
-TEST_CASE("a student with learned activation ranges exports the ranges it learned") {
+TEST_CASE("a student with learned activation ranges and weight ratios exports what it learned") {
   models::ModelSpec spec;
   auto teacher = small_teacher(spec);
   auto config = quant::QConfig::deploy(4, 4);
   config.set("act_range=learned");
+  config.set("weight_range=learned");
   auto student = calibrated_student(spec, *teacher, config);
   const auto observed = quant::convert_to_integer(*student, {-0.8102f, 2.0227f, 32, 32});
-  for (auto& range : student->learned_ranges()) range.f32()[0] *= 0.7f;  // as if training had tightened them
+  // As if training had tightened them: activation ranges x0.7, weight clip ratios x0.8.
+  for (auto& site : student->activation_sites())
+    if (site.observations > 0) site.learned_hi.f32()[0] *= 0.7f;
+  for (auto& site : student->weight_sites())
+    for (std::int64_t c = 0; c < site.learned_ratio.numel(); ++c) site.learned_ratio.f32()[c] *= 0.8f;
   const auto m = quant::convert_to_integer(*student, {-0.8102f, 2.0227f, 32, 32});
   CHECK(m.blocks.at(0).conv1.output.scale == doctest::Approx(0.7 * observed.blocks.at(0).conv1.output.scale));
+  CHECK(m.blocks.at(0).conv1.weight != observed.blocks.at(0).conv1.weight);
   quant::IntegerRunner runner(m);
   Rng rng(12);
   const Tensor x = images_on_grid(m, 40, rng);

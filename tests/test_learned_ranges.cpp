@@ -20,6 +20,7 @@ namespace {
 quant::QConfig learned_config(int bits = 3) {
   auto config = quant::QConfig::paper(bits, bits);
   config.set("act_range=learned");
+  config.set("weight_range=learned");
   config.set("act_observer=mse");
   return config;
 }
@@ -63,6 +64,63 @@ TEST_CASE("act_range: parsed, written, validated") {
   CHECK(reread == config);
   CHECK_THROWS_WITH_AS(config.set("act_range=trained"), doctest::Contains("act_range"), Error);
   CHECK_THROWS_WITH_AS(config.set("act_symmetric=true"), doctest::Contains("unsigned"), Error);
+  config.set("weight_range=learned");
+  CHECK(config.to_json()["weight_range"] == "learned");
+  CHECK_THROWS_WITH_AS(config.set("weight_granularity=per_tensor"), doctest::Contains("per_channel"), Error);
+}
+
+TEST_CASE("learned weight ratios: start at the observer's ranges, train, round-trip through checkpoints") {
+  Rng rng(9);
+  const auto spec = testing::tiny_resnet_spec();
+  auto teacher = testing::tiny_resnet_teacher(rng);
+  // minmax: every ratio starts at 1 and the student quantizes exactly as the min/max one.
+  auto config = quant::QConfig::paper(3, 3);
+  config.set("weight_range=learned");
+  quant::Student student(spec, *teacher, config);
+  quant::Student reference(spec, *teacher, quant::QConfig::paper(3, 3));
+  for (const auto& site : student.weight_sites()) {
+    REQUIRE(site.learned_ratio.defined());
+    CHECK(site.learned_ratio.size(0) == site.weight.size(0));
+    for (float r : site.learned_ratio.to_vector()) CHECK(r == 1.0f);
+  }
+  const Tensor calibration = quant::gaussian_inputs(16, 1, 32, rng);
+  for (auto* s : {&student, &reference}) s->calibrate(1, [&](std::int64_t) { return calibration; });
+  const Tensor x = quant::gaussian_inputs(8, 1, 32, rng);
+  CHECK(bit_equal(logits(student, x), logits(reference, x)));
+
+  // mse: the ratios start where the MSE search clips (below 1 somewhere at 3 bits).
+  auto mse = config;
+  mse.set("weight_observer=mse");
+  quant::Student clipped(spec, *teacher, mse);
+  float smallest = 1.0f;
+  for (const auto& site : clipped.weight_sites())
+    for (float r : site.learned_ratio.to_vector()) smallest = std::min(smallest, r);
+  CHECK(smallest < 0.95f);
+  CHECK(smallest >= mse.mse_min_ratio - 1e-6f);
+
+  // Gradients reach every weight site's ratios; a step changes the logits; a checkpoint keeps them.
+  student.model().eval();
+  Adam adam(student.learned_ranges(), {.lr = 0.05f});
+  ops::mse(student.model().forward(x), Tensor::zeros({8, 10})).backward();
+  for (const auto& site : student.weight_sites()) {
+    REQUIRE(site.learned_ratio.grad().defined());
+    double norm = 0.0;
+    for (float g : site.learned_ratio.grad().to_vector()) norm += std::abs(g);
+    CHECK_MESSAGE(norm > 0.0, site.name);
+  }
+  adam.step();
+  const Tensor moved = logits(student, x);
+  CHECK_FALSE(bit_equal(moved, logits(reference, x)));
+  Checkpoint saved = student.to_checkpoint();
+  const auto reloaded = quant::Student::from_checkpoint(saved);
+  CHECK(learned_values(*reloaded) == learned_values(student));
+  CHECK(bit_equal(logits(*reloaded, x), moved));
+  // A file without its ratios, or with ratios of another shape, is refused by name.
+  Checkpoint missing({}, saved.metadata);
+  for (const auto& [name, t] : saved.tensors)
+    if (name != "quant.weight_ratio.stem.conv") missing.add(name, t);
+  CHECK_THROWS_WITH_AS(quant::Student::from_checkpoint(missing),
+                       doctest::Contains("quant.weight_ratio.stem.conv"), Error);
 }
 
 TEST_CASE("learned ranges in the student: follow the observer, then train; saved as the range in use") {

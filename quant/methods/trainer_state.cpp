@@ -1,5 +1,7 @@
 #include "quant/methods/trainer_state.h"
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 namespace zsq::quant {
@@ -55,6 +57,17 @@ std::int64_t load_trainer_state(const Checkpoint& ckpt, const std::string& metho
                 site.name);
       site.learned_hi.f32()[0] = learned->to_vector()[0];
     }
+  }
+  // The student's learned weight clip ratios travel in its own checkpoint entries (Student::to_checkpoint,
+  // which the state file starts from); the weights are loaded by the caller, the ratios here.
+  for (auto& site : parts.student.weight_sites()) {
+    if (!site.learned_ratio.defined()) continue;
+    const Tensor* ratio = ckpt.find("quant.weight_ratio." + site.name);
+    ZSQ_CHECK(ratio != nullptr && ratio->shape() == site.learned_ratio.shape(),
+              "{}: missing learned weight ratios of {} (was it written with weight_range=observed?)",
+              ckpt.path, site.name);
+    const auto values = ratio->to_vector();
+    std::copy(values.begin(), values.end(), site.learned_ratio.f32());
   }
   test_accuracy.clear();
   auto acc = ckpt.metadata.find("zsq." + method + ".test_accuracy");
