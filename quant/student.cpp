@@ -235,7 +235,7 @@ bool Student::is_student_checkpoint(const Checkpoint& checkpoint) {
   return checkpoint.metadata.count("zsq.quant.config") > 0;
 }
 
-std::unique_ptr<Student> Student::from_checkpoint(const Checkpoint& checkpoint) {
+std::unique_ptr<Student> Student::from_checkpoint(const Checkpoint& checkpoint, bool fresh_weight_ratios) {
   const std::string& file = checkpoint.path;
   ZSQ_CHECK(is_student_checkpoint(checkpoint), "{}: not a quantized model (no zsq.quant.config)", file);
   auto loaded = models::model_from_checkpoint(checkpoint);
@@ -269,6 +269,7 @@ std::unique_ptr<Student> Student::from_checkpoint(const Checkpoint& checkpoint) 
                 site.name);
       continue;
     }
+    if (ratio == nullptr && fresh_weight_ratios) continue;
     ZSQ_CHECK(ratio != nullptr, "{}: weight_range learned but no quant.weight_ratio.{}", file, site.name);
     ZSQ_CHECK(ratio->dtype() == DType::f32 && ratio->shape() == site.learned_ratio.shape(),
               "{}: quant.weight_ratio.{} is {}, expected f32 [{}]", file, site.name, ratio->str(),

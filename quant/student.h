@@ -91,7 +91,11 @@ class Student {
   // Model state plus "quant.act.<site>" = observer state per used site; metadata records the QConfig.
   Checkpoint to_checkpoint(std::map<std::string, std::string> metadata = {}) const;
   // Rebuilds a saved student with frozen ranges, in the quantized phase. Errors name the file.
-  static std::unique_ptr<Student> from_checkpoint(const Checkpoint& checkpoint);
+  // fresh_weight_ratios: a weight site without saved ratios keeps the ones construction gives it (for a
+  // student whose config was switched to weight_range=learned after it was saved); otherwise that is
+  // an error naming the site.
+  static std::unique_ptr<Student> from_checkpoint(const Checkpoint& checkpoint,
+                                                  bool fresh_weight_ratios = false);
   static bool is_student_checkpoint(const Checkpoint& checkpoint);
 
  private:

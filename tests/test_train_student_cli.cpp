@@ -37,7 +37,7 @@ TEST_CASE("train --student: KD on real images changes the student, keeps it a st
   const auto tuned = (work_dir() / "tuned.safetensors").string();
   r =
       run(fmt::format("train --student {} --teacher {} --steps 3 --batch 16 --limit 64 --no-test --set "
-                      "act_range=learned --out {} --threads 2",
+                      "act_range=learned --set weight_range=learned --out {} --threads 2",
                       student, teacher, tuned));
   REQUIRE_MESSAGE(r.code == 0, r.err);
   CHECK(r.err.find("kd loss") != std::string::npos);
@@ -51,6 +51,7 @@ TEST_CASE("train --student: KD on real images changes the student, keeps it a st
   CHECK(after.at("quant.act.stem").to_vector() != before.at("quant.act.stem").to_vector());  // re-observed
   auto reloaded = quant::Student::from_checkpoint(after);
   CHECK(reloaded->config().act_range == quant::ActRange::learned);
+  CHECK(after.find("quant.weight_ratio.stem.conv") != nullptr);  // started at 1 (min/max), then trained
 }
 
 TEST_CASE("train --student: misuse is refused with a message") {

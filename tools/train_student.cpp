@@ -33,7 +33,8 @@ void run_train_student(const StudentFinetuneOptions& o) {
     for (const auto& kv : o.sets) config.set(kv);
     checkpoint.metadata["zsq.quant.config"] = config.to_json().dump();
   }
-  auto student = quant::Student::from_checkpoint(checkpoint);
+  // With --set weight_range=learned on a student saved without ratios, they start as a new student's.
+  auto student = quant::Student::from_checkpoint(checkpoint, /*fresh_weight_ratios=*/!o.sets.empty());
   auto teacher = models::load_model(o.teacher);
   ZSQ_CHECK(teacher.spec.name == student->spec().name && teacher.spec.config == student->spec().config,
             "{} is a {} {}, but the student {} is a {} {}", o.teacher, teacher.spec.name,
