@@ -89,3 +89,34 @@ TEST_CASE("ZAQ recalibrate_batches: the frozen ranges come from fresh generator 
   CHECK(ranges(true) == ranges(false));
   CHECK_FALSE(ranges(false).empty());
 }
+
+TEST_CASE("ZAQ recalibrate_source=gaussian: the frozen ranges come from N(0, 1) images, not the generator") {
+  auto ranges = [](const std::string& source, float generator_scale) {
+    Rng rng(6);
+    auto spec = tiny_resnet_spec();
+    auto teacher = tiny_resnet_teacher(rng);
+    auto config = quant::QConfig::paper(4, 4);
+    config.act_observer = quant::ObserverKind::mse;
+    quant::Student student(spec, *teacher, config);
+    auto options = quant::ZaqOptions::budget("tiny");
+    options.freeze_epochs = 1, options.recalibrate_batches = 2, options.recalibrate_source = source;
+    quant::ZaqTrainer trainer(*teacher, student, options);
+    trainer.begin_epoch(0);
+    trainer.iterate(0, 0, rng);
+    for (auto& p : trainer.generator().parameters()) {  // a different generator at the freeze
+      float* v = p.f32();
+      for (std::int64_t i = 0; i < p.numel(); ++i) v[i] *= generator_scale;
+    }
+    trainer.begin_epoch(1);
+    std::vector<std::vector<float>> out;
+    for (auto& site : student.activation_sites())
+      if (site.observations > 0) out.push_back(site.observer->state());
+    return out;
+  };
+  CHECK(ranges("gaussian", 1.0f) == ranges("gaussian", 3.0f));
+  CHECK(ranges("generator", 1.0f) != ranges("generator", 3.0f));
+  CHECK(ranges("gaussian", 1.0f) != ranges("generator", 1.0f));
+  quant::ZaqOptions o;
+  CHECK_THROWS_WITH_AS(quant::set_option(o.fields(), "recalibrate_source=data", "zaq"),
+                       doctest::Contains("gaussian"), Error);
+}

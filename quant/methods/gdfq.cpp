@@ -5,6 +5,7 @@
 #include "engine/autograd.h"
 #include "ops/elementwise.h"
 #include "ops/loss.h"
+#include "quant/distill.h"
 #include "quant/losses.h"
 
 namespace zsq::quant {
@@ -106,6 +107,8 @@ void GdfqTrainer::begin_epoch(std::int64_t epoch) {
   if (epoch == o.freeze_epochs && o.recalibrate_batches > 0) {
     recalibrate_ranges(epoch, o.recalibrate_batches, [this](Rng& rng) {
       const auto n = options_.batch;
+      if (options_.recalibrate_source == "gaussian")
+        return gaussian_inputs(n, generator_->config().channels, generator_->config().image_size, rng);
       Tensor z = randn({n, generator_->config().latent}, rng);
       return generator_->sample(
           z, random_labels(n, teacher_.num_classes(), rng));  // train-mode images, generator state untouched

@@ -42,6 +42,11 @@ std::vector<OptionField> training_schedule_fields(Options& o) {
       {"recalibrate_batches", &o.recalibrate_batches,
        "when the ranges freeze, re-observe them on this many fresh generator batches (0: keep the "
        "observer's running ranges)"},
+      {"recalibrate_source",
+       &o.recalibrate_source,
+       "what recalibrate_batches observes: the generator's images, or N(0, 1) images (the gaussian "
+       "baseline's calibration set)",
+       {"generator", "gaussian"}},
   };
 }
 

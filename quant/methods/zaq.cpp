@@ -8,6 +8,7 @@
 #include "ops/layout.h"
 #include "ops/loss.h"
 #include "ops/reduce.h"
+#include "quant/distill.h"
 #include "quant/losses.h"
 
 namespace zsq::quant {
@@ -116,6 +117,9 @@ void ZaqTrainer::begin_epoch(std::int64_t epoch) {
   student_.set_phase(Phase::quantized);
   if (o.freeze_epochs >= 0 && epoch == o.freeze_epochs && o.recalibrate_batches > 0) {
     recalibrate_ranges(epoch, o.recalibrate_batches, [this](Rng& rng) {
+      if (options_.recalibrate_source == "gaussian")
+        return gaussian_inputs(options_.batch, generator_->config().channels, generator_->config().image_size,
+                               rng);
       return generator_->sample(randn({options_.batch, generator_->config().latent}, rng), Tensor());
     });
   }

@@ -34,12 +34,13 @@ struct ZaqOptions {
   float q_weight_decay = 5e-4f;
   float g_lr = 1e-3f;
   std::vector<std::int64_t> lr_milestones{100, 200};
-  float alpha = 1.0f;                    // feature discrepancy weight
-  float beta = 0.1f;                     // activation regularizer weight
-  float gamma = 0.1f;                    // relation-map residual weight
-  bool student_bn_train = true;          // the reference keeps Q's BN in train mode
-  std::int64_t freeze_epochs = -1;       // < 0: ranges never frozen (the reference)
-  std::int64_t recalibrate_batches = 0;  // > 0: fresh ranges from the generator when they freeze
+  float alpha = 1.0f;                            // feature discrepancy weight
+  float beta = 0.1f;                             // activation regularizer weight
+  float gamma = 0.1f;                            // relation-map residual weight
+  bool student_bn_train = true;                  // the reference keeps Q's BN in train mode
+  std::int64_t freeze_epochs = -1;               // < 0: ranges never frozen (the reference)
+  std::int64_t recalibrate_batches = 0;          // > 0: fresh ranges from the generator when they freeze
+  std::string recalibrate_source = "generator";  // or "gaussian": N(0, 1) images, as the gaussian baseline
   float weight_average = 0.0f;       // > 0: the student handed out is an EMA of its weights with this decay
   float range_lr = 1e-3f;            // Adam lr of learned activation ranges (act_range=learned)
   std::string lr_schedule = "step";  // step: x0.1 at lr_milestones; cosine: per epoch to 0 at the end
