@@ -35,14 +35,15 @@ Generator::Generator(const GeneratorConfig& config, Rng& rng) : config_(config) 
     embedding_ = register_parameter("embedding", randn({config.num_classes, config.latent}, rng));
   project_ = register_module("project", std::make_shared<Linear>(config.latent, 128 * s * s, true, rng));
   bn0_ = register_module("bn0", std::make_shared<BatchNorm2d>(128));
-  conv1_ =
-      register_module("conv1", std::make_shared<Conv2d>(128, 128, 3, ops::Conv2dParams::same(3), true, rng));
+  conv1_ = register_module("conv1", std::make_shared<Conv2d>(128, 128, 3, ops::Conv2dParams::same(3), true,
+                                                             rng, ConvInit::torch_default));
   bn1_ = register_module("bn1", std::make_shared<BatchNorm2d>(128, 0.1f, eps));
-  conv2_ =
-      register_module("conv2", std::make_shared<Conv2d>(128, 64, 3, ops::Conv2dParams::same(3), true, rng));
+  conv2_ = register_module("conv2", std::make_shared<Conv2d>(128, 64, 3, ops::Conv2dParams::same(3), true,
+                                                             rng, ConvInit::torch_default));
   bn2_ = register_module("bn2", std::make_shared<BatchNorm2d>(64, 0.1f, eps));
-  conv_out_ = register_module(
-      "conv_out", std::make_shared<Conv2d>(64, config.channels, 3, ops::Conv2dParams::same(3), true, rng));
+  conv_out_ =
+      register_module("conv_out", std::make_shared<Conv2d>(64, config.channels, 3, ops::Conv2dParams::same(3),
+                                                           true, rng, ConvInit::torch_default));
   bn_out_ = register_module("bn_out",
                             std::make_shared<BatchNorm2d>(config.channels, 0.1f, 1e-5f, /*affine=*/false));
 }

@@ -9,13 +9,19 @@
 namespace zsq::models {
 
 Conv2d::Conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, const ops::Conv2dParams& params,
-               bool with_bias, Rng& rng)
+               bool with_bias, Rng& rng, ConvInit init)
     : params_(params) {
   ZSQ_CHECK(in % params.groups == 0 && out % params.groups == 0,
             "Conv2d: channels {}->{} not divisible by groups {}", in, out, params.groups);
+  const Shape shape{out, in / params.groups, kernel, kernel};
+  if (init == ConvInit::torch_default) {
+    const float bound = 1.0f / std::sqrt(static_cast<float>(in / params.groups * kernel * kernel));
+    weight = register_parameter("weight", rand_uniform(shape, rng, -bound, bound));
+    if (with_bias) bias = register_parameter("bias", rand_uniform({out}, rng, -bound, bound));
+    return;
+  }
   const float fan_out = static_cast<float>(out / params.groups * kernel * kernel);
-  weight = register_parameter(
-      "weight", randn({out, in / params.groups, kernel, kernel}, rng, 0.0f, std::sqrt(2.0f / fan_out)));
+  weight = register_parameter("weight", randn(shape, rng, 0.0f, std::sqrt(2.0f / fan_out)));
   if (with_bias) bias = register_parameter("bias", Tensor::zeros({out}));
 }
 

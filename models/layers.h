@@ -17,10 +17,18 @@ namespace zsq::models {
 // student copy of a network; unset (full precision) everywhere else.
 using TensorTransform = std::function<Tensor(const Tensor&)>;
 
+// How a new convolution draws its parameters.
+//   kaiming_fan_out  weights N(0, sqrt(2 / fan_out)), bias 0: the CIFAR ResNet init of the teachers.
+//   torch_default    weights and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's nn.Conv2d default,
+//                    which the GDFQ/ZAQ generators rely on. With kaiming_fan_out their 64 -> 1 output
+//                    conv (fan_out 9) starts ~20x too large, the tanh after it saturates (78% of pixels
+//                    beyond |0.95|) and the label-conditional generator cannot learn its classes.
+enum class ConvInit : unsigned char { kaiming_fan_out, torch_default };
+
 class Conv2d : public Module {
  public:
   Conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, const ops::Conv2dParams& params, bool bias,
-         Rng& rng);
+         Rng& rng, ConvInit init = ConvInit::kaiming_fan_out);
   Tensor forward(const Tensor& x) override;
   const ops::Conv2dParams& params() const { return params_; }
   // The weight as the convolution uses it: weight_quantizer(weight) when a quantizer is set.
