@@ -7,6 +7,7 @@
 #include "tests/tiny_teacher.h"
 
 using namespace zsq;
+using zsq::testing::flat_state;
 
 namespace {
 struct Setup {
@@ -28,15 +29,6 @@ quant::GdfqOptions tiny() {
   o.lr_milestones = {2};
   o.seed = 5;
   return o;
-}
-
-std::vector<float> flat_state(Module& m) {
-  std::vector<float> out;
-  for (auto& [name, t] : m.named_state()) {
-    auto v = t.to_vector();
-    out.insert(out.end(), v.begin(), v.end());
-  }
-  return out;
 }
 
 // Every activation observer's state, in site order.

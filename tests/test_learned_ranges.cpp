@@ -14,6 +14,7 @@
 #include "tests/tiny_teacher.h"
 
 using namespace zsq;
+using zsq::testing::flat_state;
 
 namespace {
 
@@ -28,15 +29,6 @@ quant::QConfig learned_config(int bits = 3) {
 std::vector<float> learned_values(const quant::Student& student) {
   std::vector<float> out;
   for (const auto& t : student.learned_ranges()) out.push_back(t.to_vector()[0]);
-  return out;
-}
-
-std::vector<float> flat_state(Module& m) {
-  std::vector<float> out;
-  for (auto& [name, t] : m.named_state()) {
-    auto v = t.to_vector();
-    out.insert(out.end(), v.begin(), v.end());
-  }
   return out;
 }
 

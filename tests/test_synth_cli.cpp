@@ -4,8 +4,10 @@
 
 #include "models/generator_file.h"
 #include "tests/cli_testing.h"
+#include "tests/testing.h"
 
 using namespace zsq;
+using zsq::testing::flat_state;
 using namespace zsq::clitest;
 
 namespace {
@@ -29,14 +31,6 @@ void check_png(const fs::path& path, std::uint32_t width, std::uint32_t height) 
   CHECK(h.height == height);
   CHECK(h.bit_depth == 8);
   CHECK(h.color_type == 0);  // greyscale
-}
-std::vector<float> flat_state(const Module& m) {
-  std::vector<float> out;
-  for (const auto& [name, t] : m.named_state()) {
-    auto v = t.to_vector();
-    out.insert(out.end(), v.begin(), v.end());
-  }
-  return out;
 }
 }  // namespace
 

@@ -10,10 +10,21 @@
 #include <vector>
 
 #include "engine/autograd.h"
+#include "engine/module.h"
 #include "engine/rng.h"
 #include "engine/tensor.h"
 
 namespace zsq::testing {
+
+// Every parameter and buffer of a module, flattened in named_state() order (for bit-exact comparisons).
+inline std::vector<float> flat_state(const Module& m) {
+  std::vector<float> out;
+  for (const auto& [name, t] : m.named_state()) {
+    auto v = t.to_vector();
+    out.insert(out.end(), v.begin(), v.end());
+  }
+  return out;
+}
 
 // Largest violation of |got - ref| <= atol + rtol * |ref| over all elements, printed with its index.
 inline void check_close(const Tensor& got, const Tensor& ref, double rtol = 1e-4, double atol = 1e-5,
