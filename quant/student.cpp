@@ -209,6 +209,16 @@ void Student::prepare_for_training() {
   }
 }
 
+std::optional<std::pair<std::string, float>> Student::first_diverged_parameter() const {
+  static constexpr float kExplodedWeight = 1e15f;
+  for (const auto& [name, p] : model_->named_parameters()) {
+    const float* v = p.f32();
+    for (std::int64_t i = 0, n = p.numel(); i < n; ++i)
+      if (!std::isfinite(v[i]) || std::abs(v[i]) > kExplodedWeight) return std::pair{name, v[i]};
+  }
+  return std::nullopt;
+}
+
 std::vector<const ActivationSite*> Student::used_activation_sites() const {
   std::vector<const ActivationSite*> out;
   for (const auto& s : activations_)

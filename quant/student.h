@@ -20,6 +20,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -73,6 +74,9 @@ class Student {
   void prepare_for_training();
 
   std::vector<ActivationSite>& activation_sites() { return activations_; }
+  // The first parameter holding a non-finite value or one beyond 1e15 (a weight that large is lost: the
+  // next forward overflows; trained weights here stay below ~10), with that value; nullopt when none.
+  std::optional<std::pair<std::string, float>> first_diverged_parameter() const;
   // The range a site quantizes with: its observer's, or [lo, learned hi] once a learned site is frozen.
   std::pair<float, float> activation_range(const ActivationSite& site) const;
   // The observer's state with the effective range as its [lo, hi] (what a student checkpoint stores).

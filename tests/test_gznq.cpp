@@ -112,4 +112,9 @@ TEST_CASE("KD fine-tuning moves a quantized student towards the teacher on the d
   CHECK(kd_on_probe() < 0.6f * before);
   for (auto& site : student.activation_sites()) CHECK(site.observer->frozen());  // ranges stay calibrated
   CHECK_FALSE(student.model().is_training());
+
+  // A step that blows a weight up stops the run with what happened, not a later quantizer failure.
+  o.steps = 5, o.lr = 1e30f;
+  CHECK_THROWS_WITH_AS(quant::kd_finetune(*teacher, student, o, draw, rng),
+                       doctest::Contains("diverged at step 1"), Error);
 }

@@ -159,17 +159,14 @@ class GenerativeTrainer {
   // later inside a quantizer. A weight beyond kExplodedWeight is as good as lost: the next forward
   // overflows activations (trained weights here stay below ~10).
   void check_student_finite(std::int64_t epoch, std::int64_t iteration, float loss, float lr) const {
-    static constexpr float kExplodedWeight = 1e15f;
-    for (const auto& [name, p] : student_.model().named_parameters()) {
-      const float* v = p.f32();
-      for (std::int64_t i = 0, n = p.numel(); i < n; ++i)
-        ZSQ_CHECK(std::isfinite(v[i]) && std::abs(v[i]) <= kExplodedWeight,
-                  "{}: the student diverged at epoch {} iteration {}: {} became {} after a step with loss {} "
-                  "(student lr {}); lower the student learning rate with --opt q_lr=... (for example a "
-                  "tenth)",
-                  method_, epoch + 1, iteration + 1, name,
-                  std::isfinite(v[i]) ? fmt::format("{:g}", v[i]) : std::string("non-finite"), loss, lr);
-    }
+    const auto diverged = student_.first_diverged_parameter();
+    ZSQ_CHECK(
+        !diverged,
+        "{}: the student diverged at epoch {} iteration {}: {} became {} after a step with loss {} "
+        "(student lr {}); lower the student learning rate with --opt q_lr=... (for example a tenth)",
+        method_, epoch + 1, iteration + 1, diverged->first,
+        std::isfinite(diverged->second) ? fmt::format("{:g}", diverged->second) : std::string("non-finite"),
+        loss, lr);
   }
 
   std::string method_;

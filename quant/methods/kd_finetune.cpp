@@ -41,6 +41,14 @@ void kd_finetune(models::Classifier& teacher, Student& student, const KdFinetune
     loss.backward();
     sgd.step();
     if (range_adam) range_adam->step();
+    const auto diverged = student.first_diverged_parameter();
+    ZSQ_CHECK(
+        !diverged,
+        "kd fine-tune: the student diverged at step {}: {} became {} after a step with loss {} (lr {}); "
+        "lower the learning rate (for example a tenth)",
+        step + 1, diverged->first,
+        std::isfinite(diverged->second) ? fmt::format("{:g}", diverged->second) : std::string("non-finite"),
+        value, o.lr);
     if (on_step) on_step({step + 1, value});
   }
 }
