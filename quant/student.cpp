@@ -245,17 +245,43 @@ bool Student::is_student_checkpoint(const Checkpoint& checkpoint) {
   return checkpoint.metadata.count("zsq.quant.config") > 0;
 }
 
-std::unique_ptr<Student> Student::from_checkpoint(const Checkpoint& checkpoint, bool fresh_weight_ratios) {
+void Student::load_weight_ratios(const Checkpoint& checkpoint, bool fresh_if_missing) {
+  const std::string& file = checkpoint.path;
+  for (auto& site : weights_) {
+    const Tensor* ratio = checkpoint.find("quant.weight_ratio." + site.name);
+    if (!site.learned_ratio.defined()) {
+      ZSQ_CHECK(ratio == nullptr,
+                "{}: quant.weight_ratio.{} in a student whose config has weight_range observed", file,
+                site.name);
+      continue;
+    }
+    if (ratio == nullptr && fresh_if_missing) continue;
+    ZSQ_CHECK(ratio != nullptr, "{}: weight_range learned but no quant.weight_ratio.{}", file, site.name);
+    ZSQ_CHECK(ratio->dtype() == DType::f32 && ratio->shape() == site.learned_ratio.shape(),
+              "{}: quant.weight_ratio.{} is {}, expected f32 [{}]", file, site.name, ratio->str(),
+              site.learned_ratio.size(0));
+    const auto values = ratio->to_vector();
+    std::copy(values.begin(), values.end(), site.learned_ratio.f32());
+  }
+}
+
+QConfig Student::config_of(const Checkpoint& checkpoint) {
   const std::string& file = checkpoint.path;
   ZSQ_CHECK(is_student_checkpoint(checkpoint), "{}: not a quantized model (no zsq.quant.config)", file);
-  auto loaded = models::model_from_checkpoint(checkpoint);
   QConfig config;
   try {
     config.apply_json(nlohmann::json::parse(checkpoint.metadata.at("zsq.quant.config")), file);
   } catch (const nlohmann::json::exception& e) {
     fail(fmt::format("{}: zsq.quant.config is not valid JSON: {}", file, e.what()));
   }
-  auto student = std::make_unique<Student>(loaded.spec, *loaded.model, config);
+  return config;
+}
+
+std::unique_ptr<Student> Student::from_checkpoint(const Checkpoint& checkpoint, bool fresh_weight_ratios) {
+  const std::string& file = checkpoint.path;
+  ZSQ_CHECK(is_student_checkpoint(checkpoint), "{}: not a quantized model (no zsq.quant.config)", file);
+  auto loaded = models::model_from_checkpoint(checkpoint);
+  auto student = std::make_unique<Student>(loaded.spec, *loaded.model, config_of(checkpoint));
   std::size_t restored = 0;
   for (auto& site : student->activations_) {
     const Tensor* range = checkpoint.find("quant.act." + site.name);
@@ -271,22 +297,7 @@ std::unique_ptr<Student> Student::from_checkpoint(const Checkpoint& checkpoint, 
   }
   ZSQ_CHECK(restored > 0, "{}: quantized model without activation ranges", file);
   student->reset_learned_ranges_to_observed();
-  for (auto& site : student->weights_) {
-    const Tensor* ratio = checkpoint.find("quant.weight_ratio." + site.name);
-    if (!site.learned_ratio.defined()) {
-      ZSQ_CHECK(ratio == nullptr,
-                "{}: quant.weight_ratio.{} in a student whose config has weight_range observed", file,
-                site.name);
-      continue;
-    }
-    if (ratio == nullptr && fresh_weight_ratios) continue;
-    ZSQ_CHECK(ratio != nullptr, "{}: weight_range learned but no quant.weight_ratio.{}", file, site.name);
-    ZSQ_CHECK(ratio->dtype() == DType::f32 && ratio->shape() == site.learned_ratio.shape(),
-              "{}: quant.weight_ratio.{} is {}, expected f32 [{}]", file, site.name, ratio->str(),
-              site.learned_ratio.size(0));
-    const auto values = ratio->to_vector();
-    std::copy(values.begin(), values.end(), site.learned_ratio.f32());
-  }
+  student->load_weight_ratios(checkpoint, fresh_weight_ratios);
   for (const auto& [name, t] : checkpoint.tensors)
     if (name.rfind("quant.act.", 0) == 0) {
       bool known = false;

@@ -101,6 +101,12 @@ class Student {
   static std::unique_ptr<Student> from_checkpoint(const Checkpoint& checkpoint,
                                                   bool fresh_weight_ratios = false);
   static bool is_student_checkpoint(const Checkpoint& checkpoint);
+  // The QConfig a student checkpoint was written with (zsq.quant.config); errors name the file.
+  static QConfig config_of(const Checkpoint& checkpoint);
+  // weight_range=learned: the clip ratios "quant.weight_ratio.<site>" of `checkpoint` (a student file or
+  // a training state). A missing entry keeps this student's ratios when fresh_if_missing, else it is an
+  // error naming the site, as are ratios in a file for a student without learned weight ranges.
+  void load_weight_ratios(const Checkpoint& checkpoint, bool fresh_if_missing = false);
 
  private:
   void install_hooks();

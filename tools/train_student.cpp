@@ -2,7 +2,6 @@
 
 #include <cmath>
 
-#include <nlohmann/json.hpp>
 #include "engine/checkpoint.h"
 #include "engine/progress.h"
 #include "models/model_file.h"
@@ -24,12 +23,7 @@ void run_train_student(const StudentFinetuneOptions& o) {
             o.student);
   if (!o.sets.empty()) {
     // The student's own QConfig with the overrides (the ranges and weights it holds stay as they are).
-    quant::QConfig config;
-    try {
-      config.apply_json(nlohmann::json::parse(checkpoint.metadata.at("zsq.quant.config")), o.student);
-    } catch (const nlohmann::json::exception& e) {
-      fail(fmt::format("{}: zsq.quant.config is not valid JSON: {}", o.student, e.what()));
-    }
+    quant::QConfig config = quant::Student::config_of(checkpoint);
     for (const auto& kv : o.sets) config.set(kv);
     checkpoint.metadata["zsq.quant.config"] = config.to_json().dump();
   }

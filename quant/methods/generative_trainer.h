@@ -135,8 +135,8 @@ class GenerativeTrainer {
     student_.calibrate(batches, [&](std::int64_t) { return generate(rng); });
   }
 
-  // The learned activation ranges (QConfig act_range=learned) get their own Adam: their gradients are
-  // sums over whole activation tensors, on another scale than the weights' SGD step.
+  // Learned ranges (QConfig act_range / weight_range learned) get their own Adam: their gradients are
+  // sums over whole tensors or channels, on another scale than the weights' SGD step.
   void make_range_optimizer(float lr) {
     auto ranges = student_.learned_ranges();
     if (!ranges.empty()) range_optim_ = std::make_unique<Adam>(std::move(ranges), AdamOptions{.lr = lr});
@@ -177,7 +177,7 @@ class GenerativeTrainer {
   std::unique_ptr<models::Generator> generator_;
   std::unique_ptr<Adam> g_optim_;
   std::unique_ptr<Sgd> q_optim_;
-  std::unique_ptr<Adam> range_optim_;       // act_range=learned only
+  std::unique_ptr<Adam> range_optim_;       // learned ranges only
   std::unique_ptr<WeightAverage> average_;  // set by a method whose options ask for weight_average > 0
   std::int64_t epochs_done_ = 0;
   std::vector<EpochAccuracy> test_accuracy_;

@@ -1,7 +1,5 @@
 #include "quant/methods/trainer_state.h"
 
-#include <algorithm>
-
 #include <nlohmann/json.hpp>
 
 namespace zsq::quant {
@@ -40,10 +38,10 @@ std::int64_t load_trainer_state(const Checkpoint& ckpt, const std::string& metho
   parts.generator.load_state(gen, ckpt.path);
   parts.generator_optim.load_state(g_opt);
   parts.student_optim.load_state(q_opt);
-  ZSQ_CHECK(
-      parts.range_optim == nullptr || !r_opt.empty(),
-      "{}: no state of the learned activation ranges' optimizer (was it written with act_range=observed?)",
-      ckpt.path);
+  ZSQ_CHECK(parts.range_optim == nullptr || !r_opt.empty(),
+            "{}: no state of the learned ranges' optimizer (was it written with act_range=observed and "
+            "weight_range=observed?)",
+            ckpt.path);
   if (parts.range_optim != nullptr) parts.range_optim->load_state(r_opt);
   for (auto& site : parts.student.activation_sites()) {
     const Tensor* s = ckpt.find("observer." + site.name);
@@ -60,15 +58,7 @@ std::int64_t load_trainer_state(const Checkpoint& ckpt, const std::string& metho
   }
   // The student's learned weight clip ratios travel in its own checkpoint entries (Student::to_checkpoint,
   // which the state file starts from); the weights are loaded by the caller, the ratios here.
-  for (auto& site : parts.student.weight_sites()) {
-    if (!site.learned_ratio.defined()) continue;
-    const Tensor* ratio = ckpt.find("quant.weight_ratio." + site.name);
-    ZSQ_CHECK(ratio != nullptr && ratio->shape() == site.learned_ratio.shape(),
-              "{}: missing learned weight ratios of {} (was it written with weight_range=observed?)",
-              ckpt.path, site.name);
-    const auto values = ratio->to_vector();
-    std::copy(values.begin(), values.end(), site.learned_ratio.f32());
-  }
+  parts.student.load_weight_ratios(ckpt);
   test_accuracy.clear();
   auto acc = ckpt.metadata.find("zsq." + method + ".test_accuracy");
   if (acc != ckpt.metadata.end()) {
