@@ -111,4 +111,13 @@ Tensor output_discrepancy(const Tensor& teacher_logits, const Tensor& student_lo
   return ops::l1(student_logits, teacher_logits);
 }
 
+Tensor batch_label_entropy(const Tensor& logits) {
+  ZSQ_CHECK(logits.dim() == 2 && logits.size(0) > 0, "batch_label_entropy: logits must be [B, K], got {}",
+            logits.str());
+  Tensor average = ops::mean(ops::softmax(logits), {0});  // [K]
+  // The clamp keeps log finite for a class nobody predicts; its gradient there is negligible anyway.
+  Tensor log_average = ops::log(ops::add_scalar(average, 1e-12f));
+  return ops::mul_scalar(ops::sum(ops::mul(average, log_average)), -1.0f);
+}
+
 }  // namespace zsq::quant

@@ -36,4 +36,9 @@ Tensor kd_loss(const Tensor& student_logits, const Tensor& teacher_logits, float
 // ZAQ's output discrepancy: mean |z_P - z_Q| over batch x classes, on logits.
 Tensor output_discrepancy(const Tensor& teacher_logits, const Tensor& student_logits);
 
+// Label-space diversity of a batch: H(mean_b softmax(logits_b)) in nats, the entropy of the batch's
+// average prediction (DAFL's information-entropy term). ln K when the batch spreads evenly over the K
+// classes, 0 when every sample lands in one class. Logits [B, K].
+Tensor batch_label_entropy(const Tensor& logits);
+
 }  // namespace zsq::quant

@@ -119,6 +119,16 @@ TEST_CASE("train, interrupt, resume: the same model as an uninterrupted run; eva
   CHECK(j.at("n") == 10000);
   CHECK(j.at("accuracy").get<double>() >= 0.0);
   CHECK(j.at("accuracy").get<double>() <= 1.0);
+  // Per-class accuracies: ten, and the test set has 1000 images per class, so their mean is the accuracy.
+  const auto per_class = j.at("class_accuracy").get<std::vector<double>>();
+  REQUIRE(per_class.size() == 10);
+  double class_mean = 0.0;
+  for (double a : per_class) class_mean += a / 10.0;
+  CHECK(class_mean == doctest::Approx(j.at("accuracy").get<double>()).epsilon(1e-9));
+  r = run("eval " + full);
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("per class: T-shirt/top ") != std::string::npos);
+  CHECK(r.out.find("Ankle boot ") != std::string::npos);
 
   r = run("inspect " + full);
   REQUIRE(r.code == 0);

@@ -166,6 +166,28 @@ TEST_CASE("KD loss: temperature scaling, GDFQ's legacy mean, zero for equal logi
   CHECK(quant::output_discrepancy(t, s).item() == doctest::Approx(ops::l1(s, t).item()));
 }
 
+TEST_CASE("batch label entropy: H of the batch-mean softmax by hand, ln K and 0 at the extremes, gradients") {
+  Rng rng(11);
+  Tensor logits = random_input({5, 4}, rng);
+  auto v = logits.to_vector();
+  std::vector<double> average(4, 0.0);
+  for (int n = 0; n < 5; ++n) {
+    double z = 0;
+    for (int k = 0; k < 4; ++k) z += std::exp(v[n * 4 + k]);
+    for (int k = 0; k < 4; ++k) average[k] += std::exp(v[n * 4 + k]) / z / 5.0;
+  }
+  double entropy = 0;
+  for (double p : average) entropy -= p * std::log(p);
+  CHECK(quant::batch_label_entropy(logits).item() == doctest::Approx(entropy).epsilon(1e-5));
+  // Every sample certain of a different class: the average is uniform; all certain of one class: 0.
+  Tensor spread = Tensor::zeros({4, 4}), collapsed = Tensor::zeros({4, 4});
+  for (int n = 0; n < 4; ++n) spread.f32()[n * 4 + n] = 40.0f, collapsed.f32()[n * 4 + 2] = 40.0f;
+  CHECK(quant::batch_label_entropy(spread).item() == doctest::Approx(std::log(4.0)).epsilon(1e-5));
+  CHECK(quant::batch_label_entropy(collapsed).item() == doctest::Approx(0.0).epsilon(1e-5));
+  check_gradients([](const std::vector<Tensor>& in) { return quant::batch_label_entropy(in[0]); }, {logits});
+  CHECK_THROWS_AS(quant::batch_label_entropy(Tensor::zeros({4})), Error);
+}
+
 TEST_CASE("GZNQ Gaussian KL: zero when the batch statistics equal the running ones, matches the formula") {
   models::BatchNorm2d bn(1, 0.1f, 1e-5f);
   bn.running_mean.f32()[0] = 3.0f;

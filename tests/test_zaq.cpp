@@ -47,14 +47,44 @@ TEST_CASE(
   trainer.run([&](const quant::ZaqIteration& r) { seen.push_back(r); }, nullptr);
   REQUIRE(seen.size() == 1);
   const auto& r = seen.front();
-  for (float v : {r.q_loss, r.q_output, r.q_feature, r.g_loss, r.g_output, r.g_feature, r.g_activation})
+  for (float v : {r.q_loss, r.q_output, r.q_feature, r.g_loss, r.g_output, r.g_feature, r.g_activation,
+                  r.g_label_entropy})
     CHECK(std::isfinite(v));
+  CHECK(r.g_label_entropy >= 0.0f);
+  CHECK(r.g_label_entropy <= doctest::Approx(std::log(10.0)));
   CHECK(r.g_loss ==
         doctest::Approx(-(r.g_output + options.alpha * r.g_feature + options.beta * r.g_activation))
             .epsilon(1e-4));
   CHECK(flat(student.model()) != q0);
   CHECK(flat(trainer.generator()) != g0);
   CHECK(trainer.epochs_done() == 1);
+}
+
+TEST_CASE("ZAQ diversity: G's loss gains -diversity * H(batch-mean teacher prediction) and its gradient") {
+  auto run = [](float diversity, quant::ZaqIteration& r) {
+    Rng rng(2);
+    auto spec = tiny_resnet_spec();
+    auto teacher = tiny_resnet_teacher(rng);
+    quant::Student student(spec, *teacher, quant::QConfig::paper(4, 4));
+    auto options = quant::ZaqOptions::budget("tiny");
+    options.diversity = diversity;
+    quant::ZaqTrainer trainer(*teacher, student, options);
+    trainer.begin_epoch(0);
+    r = trainer.iterate(0, 0, rng);
+    std::vector<float> out;
+    for (auto& [n, t] : trainer.generator().named_parameters()) {
+      auto v = t.to_vector();
+      out.insert(out.end(), v.begin(), v.end());
+    }
+    return out;
+  };
+  quant::ZaqIteration off, on;
+  const auto g_off = run(0.0f, off), g_on = run(5.0f, on);
+  // Same seed, same samples: the logged terms agree; only the loss and the generator's step differ.
+  CHECK(on.g_label_entropy == doctest::Approx(off.g_label_entropy));
+  CHECK(on.g_label_entropy > 0.0f);
+  CHECK(on.g_loss == doctest::Approx(off.g_loss - 5.0f * off.g_label_entropy).epsilon(1e-4));
+  CHECK(g_on != g_off);
 }
 
 TEST_CASE("ZAQ recalibrate_batches: the frozen ranges come from fresh generator batches only") {

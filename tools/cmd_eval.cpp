@@ -38,11 +38,13 @@ void eval_integer_model(const EvalOptions& o, const Checkpoint& checkpoint) {
                      {"max_weight_bits", m.max_weight_bits()},
                      {"seconds", r.seconds},
                      {"img_per_s", static_cast<double>(r.n) / r.seconds},
-                     {"threads", omp_get_max_threads()}};
+                     {"threads", omp_get_max_threads()},
+                     {"class_accuracy", r.class_accuracy}};
     fmt::print("{}\n", j.dump());
   } else {
     fmt::print("{} ({}, {}): test accuracy {:.2f}% on {} images, loss {:.4f}, {:.1f}s\n", o.model, m.arch,
                kind, 100.0 * r.accuracy, r.n, r.loss, r.seconds);
+    fmt::print("per class: {}\n", format_class_accuracy(r.class_accuracy));
   }
 }
 }  // namespace
@@ -113,11 +115,13 @@ void add_eval_command(CLI::App& app) {
                        {"quantized", quantized},
                        {"seconds", r.seconds},
                        {"img_per_s", static_cast<double>(r.n) / r.seconds},
-                       {"threads", omp_get_max_threads()}};
+                       {"threads", omp_get_max_threads()},
+                       {"class_accuracy", r.class_accuracy}};
       fmt::print("{}\n", j.dump());
     } else {
       fmt::print("{} ({}): test accuracy {:.2f}% on {} images, loss {:.4f}, {:.1f}s\n", options->model,
                  loaded.spec.name, 100.0 * r.accuracy, r.n, r.loss, r.seconds);
+      fmt::print("per class: {}\n", format_class_accuracy(r.class_accuracy));
     }
   });
 }

@@ -41,16 +41,18 @@ ZaqOptions ZaqOptions::budget(const std::string& name) {
 
 std::vector<OptionField> ZaqOptions::fields() {
   auto fields = training_schedule_fields(*this);
-  fields.insert(fields.end(), {
-                                  {"q_steps", &q_steps, "student steps per generator step"},
-                                  {"alpha", &alpha, "feature discrepancy weight"},
-                                  {"beta", &beta, "activation regularizer weight"},
-                                  {"gamma", &gamma, "relation-map residual weight"},
-                                  {"student_bn_train", &student_bn_train,
-                                   "student BN in train mode (the reference) instead of fixed"},
-                                  {"freeze_epochs", &freeze_epochs,
-                                   "freeze activation ranges from this epoch on (-1: never)"},
-                              });
+  fields.insert(
+      fields.end(),
+      {
+          {"q_steps", &q_steps, "student steps per generator step"},
+          {"alpha", &alpha, "feature discrepancy weight"},
+          {"beta", &beta, "activation regularizer weight"},
+          {"gamma", &gamma, "relation-map residual weight"},
+          {"diversity", &diversity, "weight of the teacher's batch label entropy, maximized by G (0: off)"},
+          {"student_bn_train", &student_bn_train,
+           "student BN in train mode (the reference) instead of fixed"},
+          {"freeze_epochs", &freeze_epochs, "freeze activation ranges from this epoch on (-1: never)"},
+      });
   return fields;
 }
 
@@ -134,8 +136,8 @@ ZaqIteration ZaqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, Rng
   r.epoch = epoch;
   r.iteration = iteration;
   const auto latent = generator_->config().latent;
-  auto discrepancies = [&](const Tensor& x, bool teacher_grad, Tensor& d_o, Tensor& d_f,
-                           Tensor* teacher_last) {
+  auto discrepancies = [&](const Tensor& x, bool teacher_grad, Tensor& d_o, Tensor& d_f, Tensor* teacher_last,
+                           Tensor* teacher_logits) {
     Tensor p_logits, q_logits;
     std::vector<Tensor> p_feats;
     if (teacher_grad) {
@@ -151,6 +153,7 @@ ZaqIteration ZaqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, Rng
       d_f = d_f.defined() ? ops::add(d_f, term) : term;
     }
     if (teacher_last != nullptr) *teacher_last = p_feats.back();
+    if (teacher_logits != nullptr) *teacher_logits = p_logits;
   };
 
   generator_->train();
@@ -161,7 +164,7 @@ ZaqIteration ZaqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, Rng
       x = generator_->forward(randn({options_.batch, latent}, rng));
     }
     Tensor d_o, d_f;
-    discrepancies(x, false, d_o, d_f, nullptr);
+    discrepancies(x, false, d_o, d_f, nullptr, nullptr);
     Tensor loss = ops::add(d_o, ops::mul_scalar(d_f, options_.alpha));
     r.q_loss = loss.item(), r.q_output = d_o.item(), r.q_feature = d_f.item();
     ZSQ_CHECK(std::isfinite(r.q_loss), "zaq: student loss became {} at epoch {} iteration {}", r.q_loss,
@@ -173,14 +176,16 @@ ZaqIteration ZaqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, Rng
   }
 
   Tensor x = generator_->forward(randn({options_.batch, latent}, rng));
-  Tensor d_o, d_f, last;
-  discrepancies(x, true, d_o, d_f, &last);
+  Tensor d_o, d_f, last, p_logits;
+  discrepancies(x, true, d_o, d_f, &last, &p_logits);
   Tensor activation = ops::mean(ops::relu(last));  // |F| = F after the stage's ReLU
-  Tensor g_loss = ops::mul_scalar(ops::add(ops::add(d_o, ops::mul_scalar(d_f, options_.alpha)),
-                                           ops::mul_scalar(activation, options_.beta)),
-                                  -1.0f);
+  Tensor gain = ops::add(ops::add(d_o, ops::mul_scalar(d_f, options_.alpha)),
+                         ops::mul_scalar(activation, options_.beta));
+  Tensor label_entropy = batch_label_entropy(options_.diversity > 0.0f ? p_logits : p_logits.detach());
+  if (options_.diversity > 0.0f) gain = ops::add(gain, ops::mul_scalar(label_entropy, options_.diversity));
+  Tensor g_loss = ops::mul_scalar(gain, -1.0f);
   r.g_loss = g_loss.item(), r.g_output = d_o.item(), r.g_feature = d_f.item(),
-  r.g_activation = activation.item();
+  r.g_activation = activation.item(), r.g_label_entropy = label_entropy.item();
   ZSQ_CHECK(std::isfinite(r.g_loss), "zaq: generator loss became {} at epoch {} iteration {}", r.g_loss,
             epoch + 1, iteration + 1);
   g_optim_->zero_grad();
