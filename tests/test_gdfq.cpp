@@ -83,6 +83,37 @@ TEST_CASE("GDFQ: warm-up trains only the generator, then the student learns; los
   CHECK(first.g_loss == doctest::Approx(first.g_ce + 0.1f * first.bns).epsilon(1e-4));
 }
 
+TEST_CASE("GDFQ adversarial_weight: after the warm-up G also maximizes KD(Q, P); Q's own step is untouched") {
+  auto run = [](float weight, quant::GdfqIteration& warm, quant::GdfqIteration& later,
+                std::vector<float>& student, std::vector<float>& generator) {
+    Setup s(4);
+    auto options = tiny();
+    options.freeze_epochs = 1, options.adversarial_weight = weight;
+    quant::GdfqTrainer trainer(*s.teacher, *s.student, options);
+    Rng rng(9);
+    trainer.begin_epoch(0);
+    warm = trainer.iterate(0, 0, rng);
+    trainer.begin_epoch(1);
+    later = trainer.iterate(1, 0, rng);
+    student = flat_state(s.student->model());
+    generator = flat_state(trainer.generator());
+  };
+  quant::GdfqIteration warm_off, later_off, warm_on, later_on;
+  std::vector<float> q_off, g_off, q_on, g_on;
+  run(0.0f, warm_off, later_off, q_off, g_off);
+  run(3.0f, warm_on, later_on, q_on, g_on);
+  CHECK(warm_on.g_adversarial == 0.0f);  // warm-up: no student in the generator's loss
+  CHECK(later_off.g_adversarial == 0.0f);
+  CHECK(later_on.g_adversarial > 0.0f);
+  CHECK(later_on.g_loss ==
+        doctest::Approx(later_on.g_ce + 0.1f * later_on.bns - 3.0f * later_on.g_adversarial).epsilon(1e-4));
+  CHECK(later_on.g_ce == doctest::Approx(later_off.g_ce));
+  CHECK(g_on != g_off);
+  // The student learns from the batch drawn before the generator's step: the G-step's gradients on Q
+  // must not leak into Q's update, so Q ends bit-identical.
+  CHECK(q_on == q_off);
+}
+
 TEST_CASE(
     "GDFQ: a run interrupted after an epoch and resumed from its state ends where an uninterrupted run "
     "ends") {

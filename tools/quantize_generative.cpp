@@ -223,14 +223,17 @@ GenerativeRunResult run_generative(const GenerativeRunOptions& o, models::Classi
     using It = quant::GdfqIteration;
     return run_trainer<quant::GdfqTrainer, quant::GdfqOptions, It>(
         o, teacher, student, quant::GdfqOptions::budget(o.budget),
-        {"g_loss", "g_ce", "bns", "q_loss", "q_kd", "q_ce", "student_updated"},
+        {"g_loss", "g_ce", "bns", "q_loss", "q_kd", "q_ce", "student_updated", "g_adversarial"},
         [](const It& r) {
           return std::vector<float>{
-              r.g_loss, r.g_ce, r.bns, r.q_loss, r.q_kd, r.q_ce, r.student_updated ? 1.0f : 0.0f};
+              r.g_loss,       r.g_ce, r.bns, r.q_loss, r.q_kd, r.q_ce, r.student_updated ? 1.0f : 0.0f,
+              r.g_adversarial};
         },
         [](const It& r) {
-          return fmt::format("G {:.3f} (ce {:.3f} bns {:.3f}) Q {:.3f} (kd {:.3f} ce {:.3f}){}", r.g_loss,
-                             r.g_ce, r.bns, r.q_loss, r.q_kd, r.q_ce, r.student_updated ? "" : " (warm-up)");
+          const auto adversarial = r.g_adversarial > 0.0f ? fmt::format(" adv {:.3f}", r.g_adversarial) : "";
+          return fmt::format("G {:.3f} (ce {:.3f} bns {:.3f}{}) Q {:.3f} (kd {:.3f} ce {:.3f}){}", r.g_loss,
+                             r.g_ce, r.bns, adversarial, r.q_loss, r.q_kd, r.q_ce,
+                             r.student_updated ? "" : " (warm-up)");
         });
   }
   ZSQ_CHECK(o.method == "zaq", "run_generative: {} is not a generator-based method", o.method);

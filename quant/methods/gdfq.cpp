@@ -51,6 +51,8 @@ std::vector<OptionField> GdfqOptions::fields() {
           {"kd_alpha", &kd_alpha, "KD weight in the student loss"},
           {"legacy_kd_mean", &legacy_kd_mean, "KD averaged over N*K elements (the reference) instead of N"},
           {"q_ce_weight", &q_ce_weight, "student cross-entropy weight towards the generator's labels"},
+          {"adversarial_weight", &adversarial_weight,
+           "after the warm-up, G also maximizes this times KD(Q, P) through Q (0: off, the reference)"},
       });
   return fields;
 }
@@ -132,6 +134,13 @@ GdfqIteration GdfqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, R
   Tensor ce = ops::cross_entropy(pass.logits, labels);
   Tensor bns = bns_loss_gdfq(pass.bn_inputs, teacher_.batch_norms());
   Tensor g_loss = ops::add(ce, ops::mul_scalar(bns, options_.bns_weight));
+  if (options_.adversarial_weight > 0.0f && epoch >= options_.warmup_epochs) {
+    // Through Q's STE (eval mode, fixed BN); the gradients this leaves on Q are cleared before its step.
+    Tensor adversarial =
+        kd_loss(student_.model().forward(images), pass.logits, options_.temperature, options_.legacy_kd_mean);
+    r.g_adversarial = adversarial.item();
+    g_loss = ops::sub(g_loss, ops::mul_scalar(adversarial, options_.adversarial_weight));
+  }
   r.g_ce = ce.item();
   r.bns = bns.item();
   r.g_loss = g_loss.item();

@@ -7,6 +7,9 @@
 // CE(Q(x), y); an SGD step on Q once the warm-up epochs (G only) are over. Q stays in eval mode (fixed BN
 // statistics, BN affine trainable). Activation ranges follow the student's observer (GDFQ's
 // bias-corrected EMA by default) and freeze after `freeze_epochs`.
+// Optional (not in the reference; the ZAQ/AdaDFQ idea applied to GDFQ): once the student trains, G also
+// maximizes adversarial_weight * KD_T(Q(x), P(x)) through Q's straight-through estimator, so the
+// samples keep carrying what the student has not learned yet instead of growing ever more confident.
 // Every epoch draws its noise from an RNG derived from (seed, epoch), so a run resumed at an epoch
 // boundary replays exactly what an uninterrupted run would have done.
 #pragma once
@@ -46,6 +49,7 @@ struct GdfqOptions {
   float range_lr = 1e-3f;            // Adam lr of learned activation ranges (act_range=learned)
   std::string lr_schedule = "step";  // step: x0.1 at lr_milestones; cosine: per epoch to 0 at the end
   float q_ce_weight = 1.0f;          // weight of the student's cross-entropy towards the generator's labels
+  float adversarial_weight = 0.0f;   // > 0: G also maximizes this times KD(Q, P) after the warm-up
   std::uint64_t seed = 0;
 
   // The tunable fields by name (zsq quantize --opt KEY=VALUE); epochs, iterations and batch have their
@@ -62,6 +66,7 @@ struct GdfqOptions {
 struct GdfqIteration {
   std::int64_t epoch = 0, iteration = 0;
   float g_loss = 0, g_ce = 0, bns = 0, q_loss = 0, q_kd = 0, q_ce = 0;
+  float g_adversarial = 0;  // KD(Q, P) on the G-step batch when adversarial_weight > 0 (else 0)
   bool student_updated = false;
 };
 
