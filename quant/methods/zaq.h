@@ -58,7 +58,7 @@ struct ZaqOptions {
 
   // "paper": the reference configuration above. "quick" (4 x 10 iterations, ~4 min on 2 cores) and
   // "standard" (8 x 10, ~9 min: longer adversarial training measured worse, see zaq.cpp) use the stable
-  // settings: Q's BN fixed (eval), Q lr 1e-4 with Nesterov, ranges frozen after epoch 1.
+  // settings: Q's BN fixed (eval), Q lr 1e-4 with Nesterov, ranges frozen after epoch 1, label diversity 2.
   // "tiny" (seconds; tests and smoke checks only) uses them too.
   static ZaqOptions budget(const std::string& name);
 };
