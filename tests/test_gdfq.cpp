@@ -83,6 +83,27 @@ TEST_CASE("GDFQ: warm-up trains only the generator, then the student learns; los
   CHECK(first.g_loss == doctest::Approx(first.g_ce + 0.1f * first.bns).epsilon(1e-4));
 }
 
+TEST_CASE(
+    "GDFQ g_label_smoothing: the generator's CE uses smoothed targets (same images, other loss and step)") {
+  auto run = [](float smoothing, std::vector<float>& generator) {
+    Setup s(4);
+    auto options = tiny();
+    options.g_label_smoothing = smoothing;
+    quant::GdfqTrainer trainer(*s.teacher, *s.student, options);
+    Rng rng(9);
+    trainer.begin_epoch(0);
+    auto r = trainer.iterate(0, 0, rng);
+    generator = flat_state(trainer.generator());
+    return r;
+  };
+  std::vector<float> g_hard, g_smooth;
+  const auto hard = run(0.0f, g_hard), smooth = run(0.5f, g_smooth);
+  CHECK(hard.bns == doctest::Approx(smooth.bns));  // the same images before the step
+  CHECK(smooth.g_ce != doctest::Approx(hard.g_ce));
+  CHECK(smooth.g_loss == doctest::Approx(smooth.g_ce + 0.1f * smooth.bns).epsilon(1e-4));
+  CHECK(g_smooth != g_hard);
+}
+
 TEST_CASE("GDFQ adversarial_weight: after the warm-up G also maximizes KD(Q, P); Q's own step is untouched") {
   auto run = [](float weight, quant::GdfqIteration& warm, quant::GdfqIteration& later,
                 std::vector<float>& student, std::vector<float>& generator) {

@@ -46,6 +46,8 @@ std::vector<OptionField> GdfqOptions::fields() {
           {"warmup_epochs", &warmup_epochs, "generator-only epochs before the student trains"},
           {"freeze_epochs", &freeze_epochs, "freeze activation ranges from this epoch on"},
           {"bn_eps_quirk", &bn_eps_quirk, "generator BN eps 0.8 (the reference's positional-argument quirk)"},
+          {"g_label_smoothing", &g_label_smoothing,
+           "label smoothing of the generator's CE (0: hard labels, the reference)"},
           {"bns_weight", &bns_weight, "BN-statistics loss weight in the generator loss"},
           {"temperature", &temperature, "KD temperature"},
           {"kd_alpha", &kd_alpha, "KD weight in the student loss"},
@@ -131,7 +133,9 @@ GdfqIteration GdfqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, R
   generator_->train();
   Tensor images = generator_->generate(z, labels);
   TeacherPass pass = run_with_bn_inputs(teacher_, images);
-  Tensor ce = ops::cross_entropy(pass.logits, labels);
+  // Smoothed targets stop the generator at a confidence short of certainty: KD on samples the teacher
+  // is absolutely sure of carries little beyond the label.
+  Tensor ce = ops::cross_entropy(pass.logits, labels, options_.g_label_smoothing);
   Tensor bns = bns_loss_gdfq(pass.bn_inputs, teacher_.batch_norms());
   Tensor g_loss = ops::add(ce, ops::mul_scalar(bns, options_.bns_weight));
   if (options_.adversarial_weight > 0.0f && epoch >= options_.warmup_epochs) {

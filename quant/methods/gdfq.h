@@ -38,7 +38,8 @@ struct GdfqOptions {
   float q_weight_decay = 1e-4f;
   float g_lr = 1e-3f;
   float bns_weight = 0.1f;
-  bool bn_eps_quirk = true;  // generator BN eps 0.8 as in the reference (false: 1e-5)
+  float g_label_smoothing = 0.0f;  // > 0: the generator's CE targets (1 - s) on its label + s/K everywhere
+  bool bn_eps_quirk = true;        // generator BN eps 0.8 as in the reference (false: 1e-5)
   float temperature = 20.0f;
   float kd_alpha = 1.0f;
   bool legacy_kd_mean = true;
