@@ -36,14 +36,14 @@ Generator::Generator(const GeneratorConfig& config, Rng& rng) : config_(config) 
   project_ = register_module("project", std::make_shared<Linear>(config.latent, 128 * s * s, true, rng));
   bn0_ = register_module("bn0", std::make_shared<BatchNorm2d>(128));
   conv1_ = register_module("conv1", std::make_shared<Conv2d>(128, 128, 3, ops::Conv2dParams::same(3), true,
-                                                             rng, ConvInit::torch_default));
+                                                             rng, config.conv_init));
   bn1_ = register_module("bn1", std::make_shared<BatchNorm2d>(128, 0.1f, eps));
-  conv2_ = register_module("conv2", std::make_shared<Conv2d>(128, 64, 3, ops::Conv2dParams::same(3), true,
-                                                             rng, ConvInit::torch_default));
+  conv2_ = register_module(
+      "conv2", std::make_shared<Conv2d>(128, 64, 3, ops::Conv2dParams::same(3), true, rng, config.conv_init));
   bn2_ = register_module("bn2", std::make_shared<BatchNorm2d>(64, 0.1f, eps));
   conv_out_ =
       register_module("conv_out", std::make_shared<Conv2d>(64, config.channels, 3, ops::Conv2dParams::same(3),
-                                                           true, rng, ConvInit::torch_default));
+                                                           true, rng, config.conv_init));
   bn_out_ = register_module("bn_out",
                             std::make_shared<BatchNorm2d>(config.channels, 0.1f, 1e-5f, /*affine=*/false));
 }

@@ -21,6 +21,9 @@ struct GeneratorConfig {
   std::int64_t channels = 1;
   std::int64_t image_size = 32;
   bool gdfq_bn_eps_quirk = true;
+  // torch_default: PyTorch's nn.Conv2d init (the references'). kaiming_fan_out (the ResNet teachers'
+  // init) starts the 64 -> C output conv ~20x larger, so most output pixels sit in the saturated tanh.
+  ConvInit conv_init = ConvInit::torch_default;
 
   static GeneratorConfig gdfq(std::int64_t num_classes = 10, std::int64_t channels = 1);
   static GeneratorConfig zaq(std::int64_t channels = 1);

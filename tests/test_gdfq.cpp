@@ -104,6 +104,35 @@ TEST_CASE(
   CHECK(g_smooth != g_hard);
 }
 
+TEST_CASE("GDFQ generator_init: he_fan_out starts the output conv ~20x wider than torch; bad names refused") {
+  auto output_conv_std = [](const std::string& init) {
+    Setup s(4);
+    auto options = tiny();
+    options.generator_init = init;
+    quant::GdfqTrainer trainer(*s.teacher, *s.student, options);
+    for (auto& [name, t] : trainer.generator().named_parameters())
+      if (name == "conv_out.weight") {
+        double sum = 0.0;
+        for (float v : t.to_vector()) sum += static_cast<double>(v) * v;
+        return std::sqrt(sum / static_cast<double>(t.numel()));
+      }
+    FAIL("no conv_out.weight");
+    return 0.0;
+  };
+  // torch: U(+-1/sqrt(64*9)) has std 1/sqrt(3*576) = 0.024; he_fan_out: N(0, sqrt(2/9)) = 0.47.
+  CHECK(output_conv_std("torch") == doctest::Approx(0.024).epsilon(0.15));
+  CHECK(output_conv_std("he_fan_out") == doctest::Approx(0.471).epsilon(0.15));
+  Setup s(4);
+  auto bad = tiny();
+  bad.generator_init = "xavier";
+  CHECK_THROWS_WITH_AS(quant::GdfqTrainer(*s.teacher, *s.student, bad), doctest::Contains("generator_init"),
+                       Error);
+  bad = tiny();
+  bad.recalibrate_source = "gausian";
+  CHECK_THROWS_WITH_AS(quant::GdfqTrainer(*s.teacher, *s.student, bad),
+                       doctest::Contains("recalibrate_source"), Error);
+}
+
 TEST_CASE("GDFQ adversarial_weight: after the warm-up G also maximizes KD(Q, P); Q's own step is untouched") {
   auto run = [](float weight, quant::GdfqIteration& warm, quant::GdfqIteration& later,
                 std::vector<float>& student, std::vector<float>& generator) {

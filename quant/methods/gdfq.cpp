@@ -46,6 +46,9 @@ std::vector<OptionField> GdfqOptions::fields() {
           {"warmup_epochs", &warmup_epochs, "generator-only epochs before the student trains"},
           {"freeze_epochs", &freeze_epochs, "freeze activation ranges from this epoch on"},
           {"bn_eps_quirk", &bn_eps_quirk, "generator BN eps 0.8 (the reference's positional-argument quirk)"},
+          {"generator_init", &generator_init,
+           "generator conv init: torch (PyTorch's default, the reference) or he_fan_out (zsq's init before "
+           "2026-11-24: the output tanh starts saturated)"},
           {"g_label_smoothing", &g_label_smoothing,
            "label smoothing of the generator's CE (0: hard labels, the reference)"},
           {"bns_weight", &bns_weight, "BN-statistics loss weight in the generator loss"},
@@ -84,6 +87,12 @@ GdfqTrainer::GdfqTrainer(models::Classifier& teacher, Student& student, const Gd
   Rng init(options.seed ^ 0x6764667175ULL);
   auto config = models::GeneratorConfig::gdfq(teacher.num_classes(), 1);
   config.gdfq_bn_eps_quirk = options.bn_eps_quirk;
+  ZSQ_CHECK(options.recalibrate_source == "generator" || options.recalibrate_source == "gaussian",
+            "gdfq: recalibrate_source must be generator or gaussian, got '{}'", options.recalibrate_source);
+  ZSQ_CHECK(options.generator_init == "torch" || options.generator_init == "he_fan_out",
+            "gdfq: generator_init must be torch or he_fan_out, got '{}'", options.generator_init);
+  config.conv_init =
+      options.generator_init == "torch" ? models::ConvInit::torch_default : models::ConvInit::kaiming_fan_out;
   generator_ = std::make_unique<models::Generator>(config, init);
   g_optim_ = std::make_unique<Adam>(generator_->parameters(), AdamOptions{.lr = options.g_lr, .beta1 = 0.5f});
   // Q in eval mode throughout (fixed BN statistics); every parameter, BN affine included, trains.

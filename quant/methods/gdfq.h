@@ -40,6 +40,7 @@ struct GdfqOptions {
   float bns_weight = 0.1f;
   float g_label_smoothing = 0.0f;  // > 0: the generator's CE targets (1 - s) on its label + s/K everywhere
   bool bn_eps_quirk = true;        // generator BN eps 0.8 as in the reference (false: 1e-5)
+  std::string generator_init = "torch";  // or "he_fan_out": the teachers' init (saturated tanh output)
   float temperature = 20.0f;
   float kd_alpha = 1.0f;
   bool legacy_kd_mean = true;
