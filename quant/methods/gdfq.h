@@ -60,8 +60,8 @@ struct GdfqOptions {
   nlohmann::json to_json() const;
 
   // "paper": the published CIFAR schedule and student loss above. "quick" (6 x 100 iterations, ~8.5 min
-  // on 2 cores) and "standard" (12 x 100, ~17 min) train the student with standard KD only (see
-  // gdfq.cpp). "tiny": seconds, for tests and smoke checks only.
+  // on 2 cores) and "standard" (12 x 100, ~12 min) train the student with standard KD only and start the
+  // generator from the ResNet init (see gdfq.cpp). "tiny": seconds, for tests and smoke checks only.
   static GdfqOptions budget(const std::string& name);
 };
 
