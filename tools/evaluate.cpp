@@ -4,11 +4,11 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "engine/autograd.h"
 #include "engine/progress.h"
 #include "ops/loss.h"
-
-#include <fmt/format.h>
 
 namespace zsq::cli {
 

@@ -17,7 +17,7 @@ GdfqOptions GdfqOptions::budget(const std::string& name) {
   // images ~2.2 after 200 steps, ~1.6 after 600: near chance), so the reference's hard-label CE term
   // trains the student on labels the teacher does not agree with, and its legacy KD mean is 1/K of a
   // standard KD. The student learns from standard KD alone (T = 20, batch mean): W4A4 quick 93.48% vs
-  // 92.29% with the reference's student loss (docs/results.md). The generator is the reference's.
+  // 92.29% with the reference's student loss (docs/results.md). The generator's losses are the reference's.
   o.q_ce_weight = 0.0f;
   o.legacy_kd_mean = false;
   // The generator's init (docs/results.md, third session): with PyTorch's default the generator learns
