@@ -93,8 +93,7 @@ GdfqTrainer::GdfqTrainer(models::Classifier& teacher, Student& student, const Gd
   Rng init(options.seed ^ 0x6764667175ULL);
   auto config = models::GeneratorConfig::gdfq(teacher.num_classes(), 1);
   config.gdfq_bn_eps_quirk = options.bn_eps_quirk;
-  ZSQ_CHECK(options.recalibrate_source == "generator" || options.recalibrate_source == "gaussian",
-            "gdfq: recalibrate_source must be generator or gaussian, got '{}'", options.recalibrate_source);
+  check_recalibrate_source("gdfq", options.recalibrate_source);
   ZSQ_CHECK(options.generator_init == "torch" || options.generator_init == "he_fan_out",
             "gdfq: generator_init must be torch or he_fan_out, got '{}'", options.generator_init);
   config.conv_init =

@@ -29,6 +29,12 @@ inline float epoch_learning_rate(float base, const std::string& schedule,
   return MultiStepSchedule(base, milestones, 0.1f).at(epoch);
 }
 
+// recalibrate_source of gdfq/zaq: refused at construction, so a typo cannot fall back to the generator.
+inline void check_recalibrate_source(const char* method, const std::string& source) {
+  ZSQ_CHECK(source == "generator" || source == "gaussian",
+            "{}: recalibrate_source must be generator or gaussian, got '{}'", method, source);
+}
+
 // What the caller (the CLI) plugs into the epoch loop. quant/ never sees data: test-set evaluation, when
 // a research run asks for it, arrives here as an opaque callback from the tools layer.
 template <typename Iteration>

@@ -97,8 +97,7 @@ ZaqTrainer::ZaqTrainer(models::Classifier& teacher, Student& student, const ZaqO
       options_(options) {
   ZSQ_CHECK(options.epochs > 0 && options.iterations > 0 && options.batch > 1 && options.q_steps > 0,
             "zaq: epochs, iterations, q_steps must be positive and batch > 1");
-  ZSQ_CHECK(options.recalibrate_source == "generator" || options.recalibrate_source == "gaussian",
-            "zaq: recalibrate_source must be generator or gaussian, got '{}'", options.recalibrate_source);
+  check_recalibrate_source("zaq", options.recalibrate_source);
   Rng init(options.seed ^ 0x7a6171ULL);
   generator_ = std::make_unique<models::Generator>(models::GeneratorConfig::zaq(1), init);
   g_optim_ = std::make_unique<Adam>(generator_->parameters(), AdamOptions{.lr = options.g_lr});
