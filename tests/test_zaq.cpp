@@ -1,5 +1,8 @@
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <set>
+
 #include "models/zoo.h"
 #include "ops/elementwise.h"
 #include "quant/methods/zaq.h"
@@ -150,4 +153,139 @@ TEST_CASE("ZAQ recalibrate_source=gaussian: the frozen ranges come from N(0, 1) 
   quant::ZaqOptions o;
   CHECK_THROWS_WITH_AS(quant::set_option(o.fields(), "recalibrate_source=data", "zaq"),
                        doctest::Contains("gaussian"), Error);
+}
+
+TEST_CASE("SampleReplay: keeps every image until full, then a uniform reservoir of all it was offered") {
+  const Shape image{1, 2, 2};
+  auto images = [](std::int64_t first, std::int64_t n) {  // image i is filled with the value i
+    Tensor t = Tensor::empty({n, 1, 2, 2});
+    for (std::int64_t i = 0; i < n; ++i)
+      for (int j = 0; j < 4; ++j) t.f32()[i * 4 + j] = static_cast<float>(first + i);
+    return t;
+  };
+  Rng rng(3);
+  quant::SampleReplay replay(8, image);
+  replay.add(images(0, 5), rng);
+  CHECK(replay.size() == 5);
+  // While not full, every image is held: 200 draws see each of 0..4 and nothing else.
+  std::set<float> drawn;
+  const auto draws = replay.sample(200, rng).to_vector();
+  for (std::size_t i = 0; i < draws.size(); i += 4) {
+    CHECK(draws[i] == draws[i + 3]);  // whole images are copied
+    drawn.insert(draws[i]);
+  }
+  CHECK(drawn == std::set<float>{0, 1, 2, 3, 4});
+
+  // Reservoir: offered 0..999 into 100 slots, about half of what is held comes from the first half (a
+  // FIFO memory would hold only 900..999). Averaged over 20 reservoirs: expectation 50, sd ~1.1.
+  double first_half = 0;
+  for (int trial = 0; trial < 20; ++trial) {
+    quant::SampleReplay big(100, image);
+    for (std::int64_t start = 0; start < 1000; start += 50) big.add(images(start, 50), rng);
+    CHECK(big.size() == 100);
+    CHECK(big.seen() == 1000);
+    Checkpoint saved;
+    big.save(saved);
+    const auto held = saved.find("replay.images")->to_vector();
+    std::set<float> distinct;
+    for (std::size_t i = 0; i < held.size(); i += 4) distinct.insert(held[i]);
+    CHECK(distinct.size() == 100);  // no image held twice
+    first_half +=
+        static_cast<double>(std::count_if(distinct.begin(), distinct.end(), [](float v) { return v < 500; }));
+  }
+  CHECK(first_half / 20 == doctest::Approx(50).epsilon(0.1));
+
+  // Save and load restore the memory exactly; a memory of another capacity or none at all is refused.
+  Checkpoint saved;
+  saved.path = "state.safetensors";
+  replay.save(saved);
+  quant::SampleReplay restored(8, image);
+  restored.load(saved);
+  CHECK(restored.size() == 5);
+  CHECK(restored.seen() == 5);
+  Rng a(9), b(9);
+  CHECK(restored.sample(16, a).to_vector() == replay.sample(16, b).to_vector());
+  quant::SampleReplay other(16, image);
+  CHECK_THROWS_WITH_AS(other.load(saved), doctest::Contains("replay.images"), Error);
+  Checkpoint none;
+  none.path = "plain.safetensors";
+  CHECK_THROWS_WITH_AS(restored.load(none), doctest::Contains("no replay memory"), Error);
+  CHECK_THROWS_WITH_AS(replay.add(Tensor::zeros({2, 1, 3, 3}), rng), doctest::Contains("[N, 1, 2, 2]"),
+                       Error);
+  CHECK_THROWS_AS(quant::SampleReplay(0, image), Error);
+  CHECK_THROWS_AS(quant::SampleReplay(4, image).sample(1, rng), Error);
+}
+
+TEST_CASE("concat_batches: the rows of a, then the rows of b") {
+  Tensor a = Tensor::from_vector({1, 2}, {1, 2}), b = Tensor::from_vector({2, 2}, {3, 4, 5, 6});
+  Tensor c = quant::concat_batches(a, b);
+  CHECK(c.shape() == Shape{3, 2});
+  CHECK(c.to_vector() == std::vector<float>{1, 2, 3, 4, 5, 6});
+  CHECK_THROWS_AS(quant::concat_batches(a, Tensor::zeros({2, 3})), Error);
+}
+
+TEST_CASE(
+    "ZAQ replay: student batches mix past generated images in, the batch size stays, and a killed and "
+    "resumed run ends exactly as an uninterrupted one") {
+  auto make = [](std::uint64_t seed, std::unique_ptr<quant::Student>& student,
+                 std::shared_ptr<models::Classifier>& teacher) {
+    Rng rng(seed);
+    teacher = tiny_resnet_teacher(rng);
+    auto config = quant::QConfig::paper(4, 4);
+    config.act_observer = quant::ObserverKind::ema;
+    student = std::make_unique<quant::Student>(tiny_resnet_spec(), *teacher, config);
+  };
+  auto options = quant::ZaqOptions::budget("tiny");
+  options.epochs = 3, options.replay = 16, options.replay_fraction = 0.25f;
+  auto construct = [&](const quant::ZaqOptions& o) {
+    std::unique_ptr<quant::Student> s;
+    std::shared_ptr<models::Classifier> t;
+    make(5, s, t);
+    quant::ZaqTrainer trainer(*t, *s, o);
+  };
+  auto bad = options;
+  bad.replay_fraction = 1.0f;
+  CHECK_THROWS_WITH_AS(construct(bad), doctest::Contains("replay_fraction"), Error);
+  bad = options;
+  bad.replay = -1;
+  CHECK_THROWS_WITH_AS(construct(bad), doctest::Contains("replay"), Error);
+
+  std::unique_ptr<quant::Student> s_full, s_plain;
+  std::shared_ptr<models::Classifier> t_full, t_plain;
+  make(5, s_full, t_full);
+  make(5, s_plain, t_plain);
+  quant::ZaqTrainer full(*t_full, *s_full, options);
+  full.run(nullptr, nullptr);
+  auto plain_options = options;
+  plain_options.replay = 0;
+  quant::ZaqTrainer plain(*t_plain, *s_plain, plain_options);
+  plain.run(nullptr, nullptr);
+  CHECK(flat_state(s_full->model()) != flat_state(s_plain->model()));  // replay changes the student's data
+
+  Checkpoint saved;
+  {
+    std::unique_ptr<quant::Student> s;
+    std::shared_ptr<models::Classifier> t;
+    make(5, s, t);
+    quant::ZaqTrainer first_leg(*t, *s, options);
+    CHECK_THROWS_AS(first_leg.run(nullptr,
+                                  [&](std::int64_t done) {
+                                    saved = s->to_checkpoint();
+                                    first_leg.save_state(saved);
+                                    if (done == 2) throw std::runtime_error("simulated kill");
+                                  }),
+                    std::runtime_error);
+  }
+  CHECK(saved.contains("replay.images"));
+  std::unique_ptr<quant::Student> s_resumed;
+  std::shared_ptr<models::Classifier> t_resumed;
+  make(5, s_resumed, t_resumed);
+  auto reloaded = quant::Student::from_checkpoint(saved);
+  s_resumed->model().load_state(reloaded->model().named_state(), "saved");
+  quant::ZaqTrainer resumed(*t_resumed, *s_resumed, options);
+  resumed.load_state(saved);
+  CHECK(resumed.epochs_done() == 2);
+  resumed.run(nullptr, nullptr);
+  CHECK(flat_state(s_resumed->model()) == flat_state(s_full->model()));
+  CHECK(flat_state(resumed.generator()) == flat_state(full.generator()));
 }

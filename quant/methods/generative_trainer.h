@@ -13,6 +13,7 @@
 #include "engine/checkpoint.h"
 #include "engine/optim.h"
 #include "models/generator.h"
+#include "quant/methods/sample_replay.h"
 #include "quant/methods/trainer_state.h"
 #include "quant/methods/weight_average.h"
 #include "quant/student.h"
@@ -107,11 +108,13 @@ class GenerativeTrainer {
     save_trainer_state(checkpoint, method_, epochs_done_, test_accuracy_,
                        {*generator_, *g_optim_, *q_optim_, student_, range_optim_.get()});
     if (average_) average_->save(checkpoint);
+    if (replay_) replay_->save(checkpoint);
   }
   void load_state(const Checkpoint& checkpoint) {
     epochs_done_ = load_trainer_state(checkpoint, method_, test_accuracy_,
                                       {*generator_, *g_optim_, *q_optim_, student_, range_optim_.get()});
     if (average_) average_->load(checkpoint);
+    if (replay_) replay_->load(checkpoint);
   }
 
  protected:
@@ -185,6 +188,7 @@ class GenerativeTrainer {
   std::unique_ptr<Sgd> q_optim_;
   std::unique_ptr<Adam> range_optim_;       // learned ranges only
   std::unique_ptr<WeightAverage> average_;  // set by a method whose options ask for weight_average > 0
+  std::unique_ptr<SampleReplay> replay_;    // set by a method whose options ask for replay > 0
   std::int64_t epochs_done_ = 0;
   std::vector<EpochAccuracy> test_accuracy_;
 };

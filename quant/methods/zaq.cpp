@@ -1,5 +1,6 @@
 #include "quant/methods/zaq.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "engine/autograd.h"
@@ -55,6 +56,10 @@ std::vector<OptionField> ZaqOptions::fields() {
           {"student_bn_train", &student_bn_train,
            "student BN in train mode (the reference) instead of fixed"},
           {"freeze_epochs", &freeze_epochs, "freeze activation ranges from this epoch on (-1: never)"},
+          {"replay", &replay,
+           "images kept in a reservoir of past generated samples, mixed into every student batch (0: off)"},
+          {"replay_fraction", &replay_fraction,
+           "share of each student batch drawn from the replay reservoir"},
       });
   return fields;
 }
@@ -98,6 +103,9 @@ ZaqTrainer::ZaqTrainer(models::Classifier& teacher, Student& student, const ZaqO
   ZSQ_CHECK(options.epochs > 0 && options.iterations > 0 && options.batch > 1 && options.q_steps > 0,
             "zaq: epochs, iterations, q_steps must be positive and batch > 1");
   check_recalibrate_source("zaq", options.recalibrate_source);
+  ZSQ_CHECK(options.replay >= 0, "zaq: replay must be >= 0 images, got {}", options.replay);
+  ZSQ_CHECK(options.replay_fraction > 0.0f && options.replay_fraction < 1.0f,
+            "zaq: replay_fraction must be in (0, 1), got {}", options.replay_fraction);
   Rng init(options.seed ^ 0x7a6171ULL);
   generator_ = std::make_unique<models::Generator>(models::GeneratorConfig::zaq(1), init);
   g_optim_ = std::make_unique<Adam>(generator_->parameters(), AdamOptions{.lr = options.g_lr});
@@ -109,6 +117,13 @@ ZaqTrainer::ZaqTrainer(models::Classifier& teacher, Student& student, const ZaqO
   if (options.weight_average > 0)
     average_ = std::make_unique<WeightAverage>(student_.model(), options.weight_average);
   make_range_optimizer(options.range_lr);
+  if (options.replay > 0) {
+    const auto& g = generator_->config();
+    replay_ = std::make_unique<SampleReplay>(options.replay, Shape{g.channels, g.image_size, g.image_size});
+    // The student batch keeps its size: batch - replayed fresh images, once the reservoir holds any.
+    replayed_ = std::clamp<std::int64_t>(
+        std::llround(options.replay_fraction * static_cast<double>(options.batch)), 1, options.batch - 1);
+  }
 }
 
 void ZaqTrainer::begin_epoch(std::int64_t epoch) {
@@ -165,7 +180,14 @@ ZaqIteration ZaqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, Rng
     Tensor x;
     {
       NoGrad no_grad;
-      x = generator_->forward(randn({options_.batch, latent}, rng));
+      const bool mix = replay_ && replay_->size() > 0;
+      x = generator_->forward(randn({options_.batch - (mix ? replayed_ : 0), latent}, rng));
+      if (replay_) {
+        // Draw before adding, so the replayed share is never this step's own images.
+        Tensor past = mix ? replay_->sample(replayed_, rng) : Tensor();
+        replay_->add(x, rng);
+        if (mix) x = concat_batches(x, past);
+      }
     }
     Tensor d_o, d_f;
     discrepancies(x, false, d_o, d_f, nullptr, nullptr);

@@ -49,6 +49,8 @@ struct ZaqOptions {
   float weight_average = 0.0f;       // > 0: the student handed out is an EMA of its weights with this decay
   float range_lr = 1e-3f;            // Adam lr of learned activation ranges (act_range=learned)
   std::string lr_schedule = "step";  // step: x0.1 at lr_milestones; cosine: per epoch to 0 at the end
+  std::int64_t replay = 0;           // > 0: a reservoir of this many generated images (sample_replay.h)
+  float replay_fraction = 0.5f;      // the share of each student batch drawn from the reservoir
   std::uint64_t seed = 0;
 
   // The tunable fields by name (zsq quantize --opt KEY=VALUE); epochs, iterations and batch have their
@@ -81,6 +83,7 @@ class ZaqTrainer : public GenerativeTrainer<ZaqIteration> {
 
  private:
   ZaqOptions options_;
+  std::int64_t replayed_ = 0;  // images per student batch drawn from replay_ (options.replay > 0)
 };
 
 }  // namespace zsq::quant
