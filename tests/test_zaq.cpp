@@ -289,3 +289,38 @@ TEST_CASE(
   CHECK(flat_state(s_resumed->model()) == flat_state(s_full->model()));
   CHECK(flat_state(resumed.generator()) == flat_state(full.generator()));
 }
+
+TEST_CASE("ZAQ q_kd_weight: the student's loss is q_output_weight * L1 + alpha * features + w * KD") {
+  auto run = [](float output_weight, float kd_weight) {
+    Rng rng(2);
+    auto spec = tiny_resnet_spec();
+    auto teacher = tiny_resnet_teacher(rng);
+    auto config = quant::QConfig::paper(4, 4);
+    config.act_observer = quant::ObserverKind::ema;
+    quant::Student student(spec, *teacher, config);
+    auto options = quant::ZaqOptions::budget("tiny");
+    options.q_steps = 1, options.q_output_weight = output_weight, options.q_kd_weight = kd_weight;
+    options.temperature = 2.0f;
+    quant::ZaqTrainer trainer(*teacher, student, options);
+    trainer.begin_epoch(0);
+    Rng step(4);
+    auto r = trainer.iterate(0, 0, step);
+    return std::make_pair(r, flat_state(student.model()));
+  };
+  const auto [plain, plain_student] = run(1.0f, 0.0f);
+  const auto [mixed, mixed_student] = run(0.5f, 3.0f);
+  CHECK(plain.q_kd == 0.0f);
+  CHECK(plain.q_loss == doctest::Approx(plain.q_output + plain.q_feature).epsilon(1e-5));
+  // The same first batch (the student has not moved yet when its loss is measured), another loss and step.
+  CHECK(mixed.q_output == doctest::Approx(plain.q_output));
+  CHECK(mixed.q_kd > 0.0f);
+  CHECK(mixed.q_loss ==
+        doctest::Approx(0.5f * mixed.q_output + mixed.q_feature + 3.0f * mixed.q_kd).epsilon(1e-5));
+  CHECK(mixed_student != plain_student);
+  auto bad = quant::ZaqOptions::budget("tiny");
+  bad.q_output_weight = 0.0f;
+  Rng rng(2);
+  auto teacher = tiny_resnet_teacher(rng);
+  quant::Student student(tiny_resnet_spec(), *teacher, quant::QConfig::paper(4, 4));
+  CHECK_THROWS_WITH_AS(quant::ZaqTrainer(*teacher, student, bad), doctest::Contains("q_kd_weight"), Error);
+}

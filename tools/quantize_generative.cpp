@@ -240,10 +240,10 @@ GenerativeRunResult run_generative(const GenerativeRunOptions& o, models::Classi
   using It = quant::ZaqIteration;
   return run_trainer<quant::ZaqTrainer, quant::ZaqOptions, It>(
       o, teacher, student, quant::ZaqOptions::budget(o.budget),
-      {"q_loss", "q_output", "q_feature", "g_loss", "g_output", "g_feature", "g_activation",
+      {"q_loss", "q_output", "q_feature", "q_kd", "g_loss", "g_output", "g_feature", "g_activation",
        "g_label_entropy"},
       [](const It& r) {
-        return std::vector<float>{r.q_loss,   r.q_output,  r.q_feature,    r.g_loss,
+        return std::vector<float>{r.q_loss,   r.q_output,  r.q_feature,    r.q_kd,           r.g_loss,
                                   r.g_output, r.g_feature, r.g_activation, r.g_label_entropy};
       },
       [](const It& r) {

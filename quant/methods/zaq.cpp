@@ -52,6 +52,10 @@ std::vector<OptionField> ZaqOptions::fields() {
           {"alpha", &alpha, "feature discrepancy weight"},
           {"beta", &beta, "activation regularizer weight"},
           {"gamma", &gamma, "relation-map residual weight"},
+          {"q_output_weight", &q_output_weight, "weight of the L1 logit discrepancy in the student's loss"},
+          {"q_kd_weight", &q_kd_weight,
+           "weight of KD(teacher, student) at `temperature` in the student's loss (0: off, the reference)"},
+          {"temperature", &temperature, "temperature of the student's KD term (q_kd_weight)"},
           {"diversity", &diversity, "weight of the teacher's batch label entropy, maximized by G (0: off)"},
           {"student_bn_train", &student_bn_train,
            "student BN in train mode (the reference) instead of fixed"},
@@ -103,6 +107,11 @@ ZaqTrainer::ZaqTrainer(models::Classifier& teacher, Student& student, const ZaqO
   ZSQ_CHECK(options.epochs > 0 && options.iterations > 0 && options.batch > 1 && options.q_steps > 0,
             "zaq: epochs, iterations, q_steps must be positive and batch > 1");
   check_recalibrate_source("zaq", options.recalibrate_source);
+  ZSQ_CHECK(
+      options.q_output_weight >= 0.0f && options.q_kd_weight >= 0.0f &&
+          options.q_output_weight + options.q_kd_weight > 0.0f && options.temperature > 0.0f,
+      "zaq: q_output_weight and q_kd_weight must be >= 0 and not both 0, temperature > 0 (got {}, {}, {})",
+      options.q_output_weight, options.q_kd_weight, options.temperature);
   ZSQ_CHECK(options.replay >= 0, "zaq: replay must be >= 0 images, got {}", options.replay);
   ZSQ_CHECK(options.replay_fraction > 0.0f && options.replay_fraction < 1.0f,
             "zaq: replay_fraction must be in (0, 1), got {}", options.replay_fraction);
@@ -156,7 +165,7 @@ ZaqIteration ZaqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, Rng
   r.iteration = iteration;
   const auto latent = generator_->config().latent;
   auto discrepancies = [&](const Tensor& x, bool teacher_grad, Tensor& d_o, Tensor& d_f, Tensor* teacher_last,
-                           Tensor* teacher_logits) {
+                           Tensor* teacher_logits, Tensor* student_logits = nullptr) {
     Tensor p_logits, q_logits;
     std::vector<Tensor> p_feats;
     if (teacher_grad) {
@@ -173,6 +182,7 @@ ZaqIteration ZaqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, Rng
     }
     if (teacher_last != nullptr) *teacher_last = p_feats.back();
     if (teacher_logits != nullptr) *teacher_logits = p_logits;
+    if (student_logits != nullptr) *student_logits = q_logits;
   };
 
   generator_->train();
@@ -189,9 +199,17 @@ ZaqIteration ZaqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, Rng
         if (mix) x = concat_batches(x, past);
       }
     }
-    Tensor d_o, d_f;
-    discrepancies(x, false, d_o, d_f, nullptr, nullptr);
-    Tensor loss = ops::add(d_o, ops::mul_scalar(d_f, options_.alpha));
+    Tensor d_o, d_f, p_logits, q_logits;
+    discrepancies(x, false, d_o, d_f, nullptr, &p_logits, &q_logits);
+    Tensor loss =
+        ops::add(ops::mul_scalar(d_o, options_.q_output_weight), ops::mul_scalar(d_f, options_.alpha));
+    if (options_.q_kd_weight > 0.0f) {
+      // The reference's student matches logits in L1; KD weighs them through the teacher's softmax, as
+      // the real-data fine-tune that reaches ~93.2% at W3A3 does (docs/results.md).
+      Tensor kd = kd_loss(q_logits, p_logits, options_.temperature, /*legacy_mean=*/false);
+      r.q_kd = kd.item();
+      loss = ops::add(loss, ops::mul_scalar(kd, options_.q_kd_weight));
+    }
     r.q_loss = loss.item(), r.q_output = d_o.item(), r.q_feature = d_f.item();
     ZSQ_CHECK(std::isfinite(r.q_loss), "zaq: student loss became {} at epoch {} iteration {}", r.q_loss,
               epoch + 1, iteration + 1);

@@ -38,9 +38,12 @@ struct ZaqOptions {
   float q_weight_decay = 5e-4f;
   float g_lr = 1e-3f;
   std::vector<std::int64_t> lr_milestones{100, 200};
-  float alpha = 1.0f;      // feature discrepancy weight
-  float beta = 0.1f;       // activation regularizer weight
-  float gamma = 0.1f;      // relation-map residual weight
+  float alpha = 1.0f;            // feature discrepancy weight
+  float beta = 0.1f;             // activation regularizer weight
+  float gamma = 0.1f;            // relation-map residual weight
+  float q_output_weight = 1.0f;  // the student's L1 output discrepancy (the reference's student loss)
+  float q_kd_weight = 0.0f;      // > 0: the student also minimizes this times KD(P, Q) at `temperature`
+  float temperature = 1.0f;      // of q_kd_weight's KD term
   float diversity = 0.0f;  // > 0: G also maximizes diversity * H(mean softmax(P(x))) (not in the reference)
   bool student_bn_train = true;                  // the reference keeps Q's BN in train mode
   std::int64_t freeze_epochs = -1;               // < 0: ranges never frozen (the reference)
@@ -71,6 +74,7 @@ Tensor relation_discrepancy(const Tensor& teacher_feature, const Tensor& student
 struct ZaqIteration {
   std::int64_t epoch = 0, iteration = 0;
   float q_loss = 0, q_output = 0, q_feature = 0;  // last Q-step
+  float q_kd = 0;                                 // its KD term (q_kd_weight > 0; else 0)
   float g_loss = 0, g_output = 0, g_feature = 0, g_activation = 0;
   float g_label_entropy = 0;  // H of P's batch-mean prediction on the G-step batch (ln 10 = all classes)
 };
