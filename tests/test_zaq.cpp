@@ -12,6 +12,21 @@
 using namespace zsq;
 using namespace zsq::testing;
 
+namespace {
+// A tiny teacher and its 4-bit student with EMA activation ranges, both from one seed.
+struct ZaqSetup {
+  std::shared_ptr<models::Classifier> teacher;
+  std::unique_ptr<quant::Student> student;
+  explicit ZaqSetup(std::uint64_t seed) {
+    Rng rng(seed);
+    teacher = tiny_resnet_teacher(rng);
+    auto config = quant::QConfig::paper(4, 4);
+    config.act_observer = quant::ObserverKind::ema;
+    student = std::make_unique<quant::Student>(tiny_resnet_spec(), *teacher, config);
+  }
+};
+}  // namespace
+
 TEST_CASE(
     "ZAQ relation discrepancy: zero for equal features, positive otherwise, gradients match finite "
     "differences") {
@@ -28,23 +43,12 @@ TEST_CASE(
 
 TEST_CASE(
     "ZAQ iteration: Q steps and a G step change both networks; losses finite; G maximizes the discrepancy") {
-  Rng rng(2);
-  auto spec = tiny_resnet_spec();
-  auto teacher = tiny_resnet_teacher(rng);
-  auto config = quant::QConfig::paper(4, 4);
-  config.act_observer = quant::ObserverKind::ema;
-  quant::Student student(spec, *teacher, config);
+  ZaqSetup s(2);
   auto options = quant::ZaqOptions::budget("quick");
   options.batch = 4, options.q_steps = 2, options.iterations = 1, options.epochs = 1;
-  quant::ZaqTrainer trainer(*teacher, student, options);
-  auto flat = [](Module& m) {
-    std::vector<float> out;
-    for (auto& [n, t] : m.named_parameters()) {
-      auto v = t.to_vector();
-      out.insert(out.end(), v.begin(), v.end());
-    }
-    return out;
-  };
+  quant::ZaqTrainer trainer(*s.teacher, *s.student, options);
+  auto& student = *s.student;
+  auto flat = [](const Module& m) { return flat_state(m); };
   const auto q0 = flat(student.model()), g0 = flat(trainer.generator());
   std::vector<quant::ZaqIteration> seen;
   trainer.run([&](const quant::ZaqIteration& r) { seen.push_back(r); }, nullptr);
@@ -227,21 +231,11 @@ TEST_CASE("concat_batches: the rows of a, then the rows of b") {
 TEST_CASE(
     "ZAQ replay: student batches mix past generated images in, the batch size stays, and a killed and "
     "resumed run ends exactly as an uninterrupted one") {
-  auto make = [](std::uint64_t seed, std::unique_ptr<quant::Student>& student,
-                 std::shared_ptr<models::Classifier>& teacher) {
-    Rng rng(seed);
-    teacher = tiny_resnet_teacher(rng);
-    auto config = quant::QConfig::paper(4, 4);
-    config.act_observer = quant::ObserverKind::ema;
-    student = std::make_unique<quant::Student>(tiny_resnet_spec(), *teacher, config);
-  };
   auto options = quant::ZaqOptions::budget("tiny");
   options.epochs = 3, options.replay = 16, options.replay_fraction = 0.25f;
-  auto construct = [&](const quant::ZaqOptions& o) {
-    std::unique_ptr<quant::Student> s;
-    std::shared_ptr<models::Classifier> t;
-    make(5, s, t);
-    quant::ZaqTrainer trainer(*t, *s, o);
+  auto construct = [](const quant::ZaqOptions& o) {
+    ZaqSetup s(5);
+    quant::ZaqTrainer trainer(*s.teacher, *s.student, o);
   };
   auto bad = options;
   bad.replay_fraction = 1.0f;
@@ -250,62 +244,51 @@ TEST_CASE(
   bad.replay = -1;
   CHECK_THROWS_WITH_AS(construct(bad), doctest::Contains("replay"), Error);
 
-  std::unique_ptr<quant::Student> s_full, s_plain;
-  std::shared_ptr<models::Classifier> t_full, t_plain;
-  make(5, s_full, t_full);
-  make(5, s_plain, t_plain);
-  quant::ZaqTrainer full(*t_full, *s_full, options);
+  ZaqSetup a(5), b(5);
+  quant::ZaqTrainer full(*a.teacher, *a.student, options);
   full.run(nullptr, nullptr);
   auto plain_options = options;
   plain_options.replay = 0;
-  quant::ZaqTrainer plain(*t_plain, *s_plain, plain_options);
+  quant::ZaqTrainer plain(*b.teacher, *b.student, plain_options);
   plain.run(nullptr, nullptr);
-  CHECK(flat_state(s_full->model()) != flat_state(s_plain->model()));  // replay changes the student's data
+  CHECK(flat_state(a.student->model()) != flat_state(b.student->model()));  // replay changes the data
 
   Checkpoint saved;
   {
-    std::unique_ptr<quant::Student> s;
-    std::shared_ptr<models::Classifier> t;
-    make(5, s, t);
-    quant::ZaqTrainer first_leg(*t, *s, options);
+    ZaqSetup s(5);
+    quant::ZaqTrainer first_leg(*s.teacher, *s.student, options);
     CHECK_THROWS_AS(first_leg.run(nullptr,
                                   [&](std::int64_t done) {
-                                    saved = s->to_checkpoint();
+                                    saved = s.student->to_checkpoint();
                                     first_leg.save_state(saved);
                                     if (done == 2) throw std::runtime_error("simulated kill");
                                   }),
                     std::runtime_error);
   }
   CHECK(saved.contains("replay.images"));
-  std::unique_ptr<quant::Student> s_resumed;
-  std::shared_ptr<models::Classifier> t_resumed;
-  make(5, s_resumed, t_resumed);
+  ZaqSetup c(5);
   auto reloaded = quant::Student::from_checkpoint(saved);
-  s_resumed->model().load_state(reloaded->model().named_state(), "saved");
-  quant::ZaqTrainer resumed(*t_resumed, *s_resumed, options);
+  c.student->model().load_state(reloaded->model().named_state(), "saved");
+  quant::ZaqTrainer resumed(*c.teacher, *c.student, options);
   resumed.load_state(saved);
   CHECK(resumed.epochs_done() == 2);
   resumed.run(nullptr, nullptr);
-  CHECK(flat_state(s_resumed->model()) == flat_state(s_full->model()));
+  CHECK(flat_state(c.student->model()) == flat_state(a.student->model()));
   CHECK(flat_state(resumed.generator()) == flat_state(full.generator()));
 }
 
 TEST_CASE("ZAQ q_kd_weight: the student's loss is q_output_weight * L1 + alpha * features + w * KD") {
   auto run = [](float output_weight, float kd_weight) {
-    Rng rng(2);
-    auto spec = tiny_resnet_spec();
-    auto teacher = tiny_resnet_teacher(rng);
-    auto config = quant::QConfig::paper(4, 4);
-    config.act_observer = quant::ObserverKind::ema;
-    quant::Student student(spec, *teacher, config);
+    ZaqSetup s(2);
     auto options = quant::ZaqOptions::budget("tiny");
     options.q_steps = 1, options.q_output_weight = output_weight, options.q_kd_weight = kd_weight;
     options.temperature = 2.0f;
-    quant::ZaqTrainer trainer(*teacher, student, options);
+    quant::ZaqTrainer trainer(*s.teacher, *s.student, options);
     trainer.begin_epoch(0);
     Rng step(4);
-    auto r = trainer.iterate(0, 0, step);
-    return std::make_pair(r, flat_state(student.model()));
+    auto r =
+        trainer.iterate(0, 0, step);  // before the student's state is read (argument order is unspecified)
+    return std::make_pair(r, flat_state(s.student->model()));
   };
   const auto [plain, plain_student] = run(1.0f, 0.0f);
   const auto [mixed, mixed_student] = run(0.5f, 3.0f);
@@ -319,8 +302,7 @@ TEST_CASE("ZAQ q_kd_weight: the student's loss is q_output_weight * L1 + alpha *
   CHECK(mixed_student != plain_student);
   auto bad = quant::ZaqOptions::budget("tiny");
   bad.q_output_weight = 0.0f;
-  Rng rng(2);
-  auto teacher = tiny_resnet_teacher(rng);
-  quant::Student student(tiny_resnet_spec(), *teacher, quant::QConfig::paper(4, 4));
-  CHECK_THROWS_WITH_AS(quant::ZaqTrainer(*teacher, student, bad), doctest::Contains("q_kd_weight"), Error);
+  ZaqSetup s(2);
+  CHECK_THROWS_WITH_AS(quant::ZaqTrainer(*s.teacher, *s.student, bad), doctest::Contains("q_kd_weight"),
+                       Error);
 }
