@@ -226,6 +226,18 @@ const Tensor* Checkpoint::find(const std::string& name) const {
   return nullptr;
 }
 
+std::int64_t Checkpoint::metadata_int(const std::string& key) const {
+  const std::string file = path.empty() ? std::string("<in-memory checkpoint>") : path;
+  auto it = metadata.find(key);
+  ZSQ_CHECK(it != metadata.end(), "{}: no metadata entry '{}'", file, key);
+  const std::string& text = it->second;
+  std::int64_t value = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  ZSQ_CHECK(error == std::errc() && end == text.data() + text.size() && !text.empty(),
+            "{}: metadata '{}' is '{}', not an integer", file, key, text);
+  return value;
+}
+
 const Tensor& Checkpoint::at(const std::string& name) const {
   const Tensor* t = find(name);
   ZSQ_CHECK(t != nullptr, "{}: no tensor named '{}' ({} tensors in the checkpoint)",

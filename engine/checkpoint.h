@@ -34,6 +34,9 @@ struct Checkpoint {
   const Tensor* find(const std::string& name) const;
   // Throws zsq::Error naming the missing tensor and the file.
   const Tensor& at(const std::string& name) const;
+  // The metadata entry `key` as a whole decimal integer; zsq::Error naming the file and the key when it
+  // is absent or anything else (a corrupt state must not reach std::stoll's own exceptions).
+  std::int64_t metadata_int(const std::string& key) const;
 };
 
 // Writes atomically: a temp file next to `path` is written, fsynced and renamed over `path`, then the

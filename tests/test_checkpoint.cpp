@@ -204,6 +204,16 @@ TEST_CASE("checkpoint: helpers report names, files and shapes") {
   CHECK_THROWS_AS(dup.add("__metadata__", Tensor::scalar(0)), Error);
   CHECK_THROWS_AS(dup.add("undef", Tensor()), Error);
 
+  Checkpoint meta;
+  meta.path = "s.safetensors";
+  meta.metadata = {{"n", "-42"}, {"word", "12x"}, {"empty", ""}, {"huge", "99999999999999999999"}};
+  CHECK(meta.metadata_int("n") == -42);
+  CHECK_THROWS_WITH_AS(meta.metadata_int("word"), "s.safetensors: metadata 'word' is '12x', not an integer",
+                       Error);
+  CHECK_THROWS_WITH_AS(meta.metadata_int("empty"), doctest::Contains("not an integer"), Error);
+  CHECK_THROWS_WITH_AS(meta.metadata_int("huge"), doctest::Contains("not an integer"), Error);
+  CHECK_THROWS_WITH_AS(meta.metadata_int("gone"), "s.safetensors: no metadata entry 'gone'", Error);
+
   CHECK_NOTHROW(check_tensor_matches("f.safetensors", "w", ck.at("w"), {2, 3}));
   CHECK_THROWS_WITH_AS(check_tensor_matches("f.safetensors", "w", ck.at("w"), {3, 2}),
                        "f.safetensors: tensor 'w' has shape [2, 3], model expects [3, 2]", Error);

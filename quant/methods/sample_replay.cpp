@@ -76,7 +76,7 @@ void SampleReplay::load(const Checkpoint& checkpoint) {
             "{}: missing or misshapen replay.images (expected {} images of [{}, {}, {}]: was the run started "
             "with another replay capacity?)",
             checkpoint.path, capacity_, image_shape_[0], image_shape_[1], image_shape_[2]);
-  const auto held = std::stoll(size->second), offered = std::stoll(seen->second);
+  const auto held = checkpoint.metadata_int(size->first), offered = checkpoint.metadata_int(seen->first);
   ZSQ_CHECK(held >= 0 && held <= capacity_ && offered >= held,
             "{}: replay counts {} held / {} seen are corrupt", checkpoint.path, held, offered);
   images_.copy_from(*images);

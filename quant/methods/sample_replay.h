@@ -7,7 +7,6 @@
 // the same chance to be held, so it stays a picture of the whole run, not of its last few steps.
 #pragma once
 #include <cstdint>
-#include <string>
 
 #include "engine/checkpoint.h"
 #include "engine/rng.h"

@@ -69,7 +69,7 @@ std::int64_t load_trainer_state(const Checkpoint& ckpt, const std::string& metho
       fail(fmt::format("{}: bad zsq.{}.test_accuracy: {}", ckpt.path, method, e.what()));
     }
   }
-  return std::stoll(it->second);
+  return ckpt.metadata_int(it->first);
 }
 
 }  // namespace zsq::quant

@@ -46,7 +46,7 @@ void WeightAverage::load(const Checkpoint& checkpoint) {
               checkpoint.path, parameters_[i].first);
     average_[i].copy_from(*t);
   }
-  updates_ = std::stoll(it->second);
+  updates_ = checkpoint.metadata_int(it->first);
 }
 
 }  // namespace zsq::quant
