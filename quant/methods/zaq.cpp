@@ -197,6 +197,8 @@ ZaqIteration ZaqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, Rng
     Tensor x;
     {
       NoGrad no_grad;
+      // With replay the generator makes only the fresh share (its BN, in train mode, then normalizes over
+      // that share), so a Q step costs no more generator work than without it.
       const bool mix = replay_ && replay_->size() > 0;
       x = generator_->forward(randn({options_.batch - (mix ? replayed_ : 0), latent}, rng));
       if (replay_) {
