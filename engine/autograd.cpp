@@ -3,6 +3,8 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "ops/cuda/cuda_runtime_api.h"
+
 namespace zsq {
 
 namespace {
@@ -20,7 +22,13 @@ bool sole_owner(const Tensor& t) {
 Tensor add_gradients(Tensor a, Tensor b) {
   if (!sole_owner(a) && sole_owner(b)) std::swap(a, b);
   Tensor rhs = b.format() == a.format() ? b : b.to_format(a.format());
-  Tensor sum = sole_owner(a) ? a : Tensor::empty(a.shape(), DType::f32, a.format());
+  Tensor sum = sole_owner(a) ? a : Tensor::empty(a.shape(), DType::f32, a.format(), a.device());
+  ZSQ_CHECK(a.device() == rhs.device(), "gradients on different devices: {} on {} and {} on {}", a.str(),
+            a.device().str(), rhs.str(), rhs.device().str());
+  if (a.is_cuda()) {
+    cuda::add_f32(a.cuda_f32(), rhs.cuda_f32(), sum.cuda_f32(), a.numel());
+    return sum;
+  }
   const float* pa = a.f32();
   const float* pb = rhs.f32();
   float* ps = sum.f32();
@@ -38,6 +46,11 @@ void accumulate_into_leaf(const Tensor& leaf, const Tensor& g) {
     return;
   }
   Tensor rhs = g.format() == existing.format() ? g : g.to_format(existing.format());
+  if (existing.is_cuda()) {
+    rhs = rhs.to(existing.device());
+    cuda::add_f32(existing.cuda_f32(), rhs.cuda_f32(), existing.cuda_f32(), existing.numel());
+    return;
+  }
   float* pe = existing.f32();
   const float* pg = rhs.f32();
   const auto n = existing.numel();
@@ -84,7 +97,7 @@ void run_backward(const Tensor& root, const Tensor& seed, bool retain_graph) {
   Tensor root_grad = seed;
   if (!root_grad.defined()) {
     ZSQ_CHECK(root.numel() == 1, "backward() without a seed needs a scalar, got {}", root.str());
-    root_grad = Tensor::full(root.shape(), 1.0f);
+    root_grad = Tensor::full(root.shape(), 1.0f, MemoryFormat::contiguous, root.device());
   }
   ZSQ_CHECK(root_grad.shape() == root.shape(), "backward seed {} does not match {}", root_grad.str(),
             root.str());

@@ -63,6 +63,15 @@ void Module::set_requires_grad(bool on) {
   for (auto& [name, t] : named_parameters()) t.set_requires_grad(on);
 }
 
+void Module::to(Device device) {
+  for (auto& [name, t] : named_state()) move_storage(t, device);
+}
+
+Device Module::device() const {
+  auto state = named_state();
+  return state.empty() ? Device::cpu() : state.front().second.device();
+}
+
 void Module::zero_grad() {
   for (auto& [name, t] : named_parameters()) t.zero_grad();
 }

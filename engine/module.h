@@ -35,6 +35,11 @@ class Module {
   // Turns gradients on or off for every parameter (freezing a teacher).
   void set_requires_grad(bool on);
   void zero_grad();
+  // Moves every parameter and buffer to `device` in place (handles held elsewhere, such as an
+  // optimizer's parameter list, follow). Gradients are dropped.
+  void to(Device device);
+  // The device of the first parameter or buffer (cpu for a module without state).
+  Device device() const;
   // Copies values from a name->tensor list. Every state entry must be present with its exact shape;
   // errors name the entry (and `source`, typically the checkpoint file).
   void load_state(const std::vector<std::pair<std::string, Tensor>>& state, const std::string& source);

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <map>
 
+#include "ops/cuda/cuda_runtime_api.h"
+
 namespace zsq {
 
 void Optimizer::zero_grad() {
@@ -13,8 +15,8 @@ void Optimizer::zero_grad() {
 namespace {
 void check_params(const std::vector<Tensor>& params, const char* who) {
   for (std::size_t i = 0; i < params.size(); ++i)
-    ZSQ_CHECK(params[i].defined() && params[i].dtype() == DType::f32 && params[i].device().is_cpu(),
-              "{}: parameter {} must be a defined f32 CPU tensor, got {}", who, i, params[i].str());
+    ZSQ_CHECK(params[i].defined() && params[i].dtype() == DType::f32,
+              "{}: parameter {} must be a defined f32 tensor, got {}", who, i, params[i].str());
 }
 
 std::map<std::string, Tensor> by_name(const std::vector<std::pair<std::string, Tensor>>& state) {
@@ -30,8 +32,8 @@ void restore(std::map<std::string, Tensor>& saved, const std::string& name, Tens
   }
   ZSQ_CHECK(it->second.shape() == like.shape(), "optimizer state '{}' is {}, parameter is {}", name,
             it->second.str(), like.str());
-  slot = Tensor::empty(like.shape(), DType::f32, like.format());
-  slot.copy_from(it->second.to_format(like.format()));
+  slot = Tensor::empty(like.shape(), DType::f32, like.format(), like.device());
+  slot.copy_from(it->second);
 }
 
 // Gradient in the parameter's own memory format.
@@ -56,9 +58,16 @@ void Sgd::step() {
     Tensor& p = params_[k];
     if (!p.grad().defined()) continue;
     Tensor g = grad_of(p);
+    const auto n = p.numel();
+    if (p.is_cuda()) {
+      const bool first = !momentum_[k].defined();
+      if (first && mu != 0.0f) momentum_[k] = Tensor::empty(p.shape(), DType::f32, p.format(), p.device());
+      cuda::sgd_step(p.cuda_f32(), g.cuda_f32(), mu != 0.0f ? momentum_[k].cuda_f32() : nullptr, n, lr, mu,
+                     damp, wd, options_.nesterov, first);
+      continue;
+    }
     float* w = p.f32();
     const float* gp = g.f32();
-    const auto n = p.numel();
     if (mu == 0.0f) {
       for (std::int64_t i = 0; i < n; ++i) w[i] -= lr * (gp[i] + wd * w[i]);
       continue;
@@ -107,10 +116,15 @@ void Adam::step() {
     Tensor& p = params_[k];
     if (!p.grad().defined()) continue;
     if (!m_[k].defined()) {
-      m_[k] = Tensor::zeros(p.shape(), DType::f32, p.format());
-      v_[k] = Tensor::zeros(p.shape(), DType::f32, p.format());
+      m_[k] = Tensor::zeros(p.shape(), DType::f32, p.format(), p.device());
+      v_[k] = Tensor::zeros(p.shape(), DType::f32, p.format(), p.device());
     }
     Tensor g = grad_of(p);
+    if (p.is_cuda()) {
+      cuda::adam_step(p.cuda_f32(), g.cuda_f32(), m_[k].cuda_f32(), v_[k].cuda_f32(), p.numel(), step_size,
+                      b1, b2, eps, wd, sqrt_c2);
+      continue;
+    }
     float* __restrict w = p.f32();
     const float* __restrict gp = g.f32();
     float* __restrict m = m_[k].f32();

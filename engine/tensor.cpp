@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "engine/autograd.h"
+#include "ops/cuda/cuda_runtime_api.h"
 
 namespace zsq {
 
@@ -37,14 +38,17 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, MemoryFormat format, Devic
   return Tensor(std::move(impl));
 }
 
-Tensor Tensor::zeros(const Shape& shape, DType dtype, MemoryFormat format) {
-  Tensor t = empty(shape, dtype, format);
-  std::memset(t.raw_data(), 0, t.nbytes());
+Tensor Tensor::zeros(const Shape& shape, DType dtype, MemoryFormat format, Device device) {
+  Tensor t = empty(shape, dtype, format, device);
+  if (device.is_cuda())
+    cuda::fill_bytes(t.raw_data(), t.nbytes(), 0);
+  else
+    std::memset(t.raw_data(), 0, t.nbytes());
   return t;
 }
 
-Tensor Tensor::full(const Shape& shape, float value, MemoryFormat format) {
-  Tensor t = empty(shape, DType::f32, format);
+Tensor Tensor::full(const Shape& shape, float value, MemoryFormat format, Device device) {
+  Tensor t = empty(shape, DType::f32, format, device);
   t.fill(value);
   return t;
 }
@@ -169,7 +173,22 @@ void Tensor::copy_from(const Tensor& src) const {
     device_copy(raw_data(), device(), src.raw_data(), src.device(), nbytes());
     return;
   }
-  ZSQ_CHECK(device().is_cpu() && src.device().is_cpu(), "format conversion is CPU-only here: {}", str());
+  if (!device().is_cpu() || !src.device().is_cpu()) {
+    // Convert on the GPU: bring the source over first when only the destination is there (and the
+    // other way round), then permute device to device.
+    if (device() != src.device()) {
+      Tensor staged = src.to(device().is_cuda() ? device() : src.device());
+      if (device().is_cuda()) return copy_from(staged);
+      Tensor converted = staged.to_format(format());
+      device_copy(raw_data(), device(), converted.raw_data(), converted.device(), nbytes());
+      return;
+    }
+    const Strides4 ss = src.strides4(), sd = strides4();
+    const std::int64_t src_strides[4] = {ss.n, ss.c, ss.h, ss.w}, dst_strides[4] = {sd.n, sd.c, sd.h, sd.w};
+    cuda::permute4(src.raw_data(), src_strides, raw_data(), dst_strides, shape().data(),
+                   static_cast<int>(dtype_size(dtype())));
+    return;
+  }
   if (dtype_size(dtype()) == 4)
     permute4(static_cast<const std::uint32_t*>(src.raw_data()), src.strides4(),
              static_cast<std::uint32_t*>(raw_data()), strides4(), shape());
@@ -183,6 +202,13 @@ Tensor Tensor::to_format(MemoryFormat f) const {
   if (is_layout_equivalent(f)) return view_as_format(detach(), f);
   Tensor out = empty(shape(), dtype(), f, device());
   out.copy_from(*this);
+  return out;
+}
+
+Tensor Tensor::to(Device target) const {
+  if (device() == target) return *this;
+  Tensor out = empty(shape(), dtype(), format(), target);
+  device_copy(out.raw_data(), target, raw_data(), device(), nbytes());
   return out;
 }
 
@@ -217,7 +243,11 @@ float Tensor::item() const {
 }
 
 void Tensor::fill(float value) const {
-  ZSQ_CHECK(dtype() == DType::f32 && device().is_cpu(), "fill supports f32 CPU tensors, got {}", str());
+  ZSQ_CHECK(dtype() == DType::f32, "fill supports f32 tensors, got {}", str());
+  if (device().is_cuda()) {
+    cuda::fill_f32(cuda_f32(), numel(), value);
+    return;
+  }
   float* p = f32();
   const auto n = numel();
   for (std::int64_t i = 0; i < n; ++i) p[i] = value;
@@ -238,6 +268,14 @@ Tensor view_as_format(const Tensor& t, MemoryFormat format) {
   Tensor v = t.detach();
   v.impl()->format = format;
   return v;
+}
+
+void move_storage(const Tensor& t, Device device) {
+  if (t.device() == device) return;
+  Tensor moved = t.to(device);
+  t.impl()->storage = moved.impl()->storage;
+  t.impl()->offset_bytes = moved.impl()->offset_bytes;
+  t.impl()->grad = Tensor();
 }
 
 }  // namespace zsq

@@ -60,8 +60,9 @@ class Tensor {
   static Tensor empty(const Shape& shape, DType dtype = DType::f32,
                       MemoryFormat format = MemoryFormat::contiguous, Device device = Device::cpu());
   static Tensor zeros(const Shape& shape, DType dtype = DType::f32,
-                      MemoryFormat format = MemoryFormat::contiguous);
-  static Tensor full(const Shape& shape, float value, MemoryFormat format = MemoryFormat::contiguous);
+                      MemoryFormat format = MemoryFormat::contiguous, Device device = Device::cpu());
+  static Tensor full(const Shape& shape, float value, MemoryFormat format = MemoryFormat::contiguous,
+                     Device device = Device::cpu());
   // Values in logical row-major order, stored in `format`.
   static Tensor from_vector(const Shape& shape, const std::vector<float>& values,
                             MemoryFormat format = MemoryFormat::contiguous);
@@ -80,12 +81,26 @@ class Tensor {
   std::string str() const;  // "f32[128, 16, 32, 32] channels_last"
 
   void* raw_data() const;
+  // Host pointer to the elements. A tensor on a GPU is refused with a message that names it: CPU code
+  // reached with a CUDA tensor (an op without a CUDA path) must fail clearly, not dereference a device
+  // address.
   template <typename T>
   T* data() const {
     ZSQ_CHECK(dtype() == dtype_of<T>(), "tensor {} accessed as {}", str(), dtype_name(dtype_of<T>()));
+    if (!device().is_cpu()) [[unlikely]]
+      fail(fmt::format("tensor {} is on {}: this code path reads it on the CPU (no CUDA implementation)",
+                       str(), device().str()));
     return static_cast<T*>(raw_data());
   }
   float* f32() const { return data<float>(); }
+  // Device pointer for CUDA kernels (any device; no host access allowed through it).
+  template <typename T>
+  T* device_data() const {
+    ZSQ_CHECK(dtype() == dtype_of<T>(), "tensor {} accessed as {}", str(), dtype_name(dtype_of<T>()));
+    return static_cast<T*>(raw_data());
+  }
+  float* cuda_f32() const { return device_data<float>(); }
+  bool is_cuda() const { return device().is_cuda(); }
 
   // 4-D strides in elements; requires dim() == 4.
   Strides4 strides4() const;
@@ -108,6 +123,8 @@ class Tensor {
   Tensor clone() const;
   // Copy (no autograd) in the given format, or this tensor when already equivalent.
   Tensor to_format(MemoryFormat format) const;
+  // Copy (no autograd) on `device`, same shape and format, or this tensor when already there.
+  Tensor to(Device device) const;
   // Logical values in row-major (NCHW) order; converts dtypes to float.
   std::vector<float> to_vector() const;
   float item() const;
@@ -137,5 +154,8 @@ struct TensorImpl {
 Tensor view_as_shape(const Tensor& t, const Shape& shape);
 // Same storage read as the other format; only valid when t.is_layout_equivalent(format).
 Tensor view_as_format(const Tensor& t, MemoryFormat format);
+// Moves t's storage to `device` in place: every handle to this TensorImpl (a module's weight member,
+// an optimizer's parameter list) sees the new device. Used by Module::to; gradients are dropped.
+void move_storage(const Tensor& t, Device device);
 
 }  // namespace zsq

@@ -13,13 +13,38 @@ namespace {
 int device_count() {
   return 0;
 }
+const char* unavailable_reason() {
+  return "zsq was built without CUDA";
+}
 void* alloc(std::size_t, int) {
   built_without_cuda();
 }
-void free(void*, int) {
+void free(void*, int) {}
+void copy(void*, bool, const void*, bool, std::size_t) {
   built_without_cuda();
 }
-void copy(void*, bool, const void*, bool, std::size_t) {
+void synchronize() {}
+void set_poison_allocations(bool) {}
+MemoryStats memory_stats() {
+  return {};
+}
+void empty_cache() {}
+void fill_f32(float*, std::int64_t, float) {
+  built_without_cuda();
+}
+void fill_bytes(void*, std::size_t, unsigned char) {
+  built_without_cuda();
+}
+void permute4(const void*, const std::int64_t[4], void*, const std::int64_t[4], const std::int64_t[4], int) {
+  built_without_cuda();
+}
+void add_f32(const float*, const float*, float*, std::int64_t) {
+  built_without_cuda();
+}
+void sgd_step(float*, const float*, float*, std::int64_t, float, float, float, float, bool, bool) {
+  built_without_cuda();
+}
+void adam_step(float*, const float*, float*, float*, std::int64_t, float, float, float, float, float, float) {
   built_without_cuda();
 }
 
