@@ -65,9 +65,11 @@ void add_eval_command(CLI::App& app) {
       "SQNR on test images) to its report");
   add_common_options(verb, options->common);
   verb->callback([options] {
-    apply_common_options(options->common);
+    const Device device = apply_common_options(options->common);
     const Checkpoint checkpoint = load_checkpoint(options->model);
     if (quant::is_integer_model_checkpoint(checkpoint)) {
+      ZSQ_CHECK(device.is_cpu(), "{}: integer models run on the CPU kernels only (--device {} given)",
+                options->model, options->common.device);
       ZSQ_CHECK(options->report_dir.empty(), "--report takes the fake-quant student, {} is an integer model",
                 options->model);
       eval_integer_model(*options, checkpoint);
@@ -83,6 +85,7 @@ void add_eval_command(CLI::App& app) {
       loaded = models::model_from_checkpoint(checkpoint);
     }
     models::Classifier& model = quantized ? student->model() : *loaded.model;
+    model.to(device);
     const auto test = load_fashion_mnist(options->data, Split::test);
     const auto r = evaluate(model, test, options->batch, !options->json);
     if (!options->report_dir.empty()) {
@@ -90,6 +93,7 @@ void add_eval_command(CLI::App& app) {
       auto report = quant::read_report(options->report_dir);
       const std::string teacher_path = report.at("teacher").get<std::string>();
       auto teacher = models::load_model(teacher_path);
+      teacher.model->to(device);
       const auto fp = evaluate(*teacher.model, test, options->batch, false);
       report["accuracy"] = nlohmann::json::array(
           {{{"model", "FP teacher (" + teacher_path + ")"}, {"accuracy", fp.accuracy}, {"n", fp.n}},
@@ -100,6 +104,7 @@ void add_eval_command(CLI::App& app) {
       BatchLoader first(test, 256, false, false, Rng(0));
       Tensor images, labels;
       first.next(images, labels);
+      images = images.to(device);
       report["layers_test"] = quant::analyze_layers(*student, *teacher.model, images);
       quant::write_report(options->report_dir, report);
       if (!options->json)
@@ -116,6 +121,7 @@ void add_eval_command(CLI::App& app) {
                        {"seconds", r.seconds},
                        {"img_per_s", static_cast<double>(r.n) / r.seconds},
                        {"threads", omp_get_max_threads()},
+                       {"device", device.str()},
                        {"class_accuracy", r.class_accuracy}};
       fmt::print("{}\n", j.dump());
     } else {

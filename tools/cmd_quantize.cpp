@@ -45,8 +45,12 @@ struct QuantizeOptions {
 
 // Images [start, start + count) of a contiguous [N, C, H, W] batch, as a tensor of their own.
 Tensor rows(const Tensor& t, std::int64_t start, std::int64_t count) {
-  Tensor out = Tensor::empty({count, t.size(1), t.size(2), t.size(3)});
-  std::copy_n(t.f32() + start * (t.numel() / t.size(0)), out.numel(), out.f32());
+  Tensor out = Tensor::empty({count, t.size(1), t.size(2), t.size(3)}, DType::f32, MemoryFormat::contiguous,
+                             t.device());
+  const std::size_t image_bytes = t.nbytes() / static_cast<std::size_t>(t.size(0));
+  device_copy(out.raw_data(), out.device(),
+              static_cast<const char*>(t.raw_data()) + static_cast<std::size_t>(start) * image_bytes,
+              t.device(), out.nbytes());
   return out;
 }
 
@@ -57,10 +61,11 @@ void calibrate(quant::Student& student, const Tensor& inputs, std::int64_t batch
 }
 
 void run_quantize(const QuantizeOptions& o) {
-  apply_common_options(o.common);
+  const Device device = apply_common_options(o.common);
   const auto start = std::chrono::steady_clock::now();
   auto teacher = models::load_model(o.teacher);
   teacher.model->eval();
+  teacher.model->to(device);  // the student copies the teacher, so it lands on the same device
 
   quant::QConfig config = o.config_file.empty() ? quant::QConfig::preset(o.convention, o.wbits, o.abits)
                                                 : quant::load_qconfig(o.config_file);
@@ -111,7 +116,7 @@ void run_quantize(const QuantizeOptions& o) {
     research = result.research;
     method_options = result.method_options;
   } else if (o.method == "gaussian") {
-    inputs = quant::gaussian_inputs(o.calib_images, channels, 32, rng);
+    inputs = quant::gaussian_inputs(o.calib_images, channels, 32, rng).to(device);
   } else if (o.method == "gznq") {
     go = quant::GznqOptions::budget(o.budget);
     go.batch = o.calib_images;

@@ -39,7 +39,7 @@ std::string state_path(const std::string& out) {
 }
 
 void run_train(const TrainOptions& o) {
-  apply_common_options(o.common);
+  const Device device = apply_common_options(o.common);
   auto train = load_fashion_mnist(o.data, Split::train);
   if (o.limit > 0 && o.limit < train.size()) {
     train.labels.resize(static_cast<std::size_t>(o.limit));
@@ -55,6 +55,7 @@ void run_train(const TrainOptions& o) {
   models::ModelSpec spec = models::resolve_model_spec(o.model, overrides);
   Rng init_rng = global_rng().fork(1);
   auto model = models::build_model(spec, init_rng);
+  model->to(device);
   SgdOptions sgd_options{
       .lr = o.lr, .momentum = o.momentum, .weight_decay = o.weight_decay, .nesterov = o.momentum > 0};
   Sgd sgd(model->parameters(), sgd_options);
@@ -76,7 +77,7 @@ void run_train(const TrainOptions& o) {
     ZSQ_CHECK(state.metadata.count("zsq.train.seed") &&
                   state.metadata.at("zsq.train.seed") == std::to_string(o.common.seed),
               "{}: state was written with a different --seed; resume with the same seed", path);
-    model->load_state(loaded.model->named_state(), path);
+    model->load_state(loaded.model->named_state(), path);  // copies onto the model's device
     std::vector<std::pair<std::string, Tensor>> optim_state;
     for (const auto& [name, t] : state.tensors)
       if (name.rfind("optim.", 0) == 0) optim_state.emplace_back(name.substr(6), t);
@@ -85,8 +86,9 @@ void run_train(const TrainOptions& o) {
     fmt::print(stderr, "resuming {} from epoch {}/{}\n", path, first_epoch, o.epochs);
   }
 
-  fmt::print(stderr, "training {} ({} parameters) on {} images, batch {}, {} epochs, {} threads\n", spec.name,
-             model->parameter_count(), train.size(), o.batch, o.epochs, omp_get_max_threads());
+  fmt::print(stderr, "training {} ({} parameters) on {} images, batch {}, {} epochs, {}\n", spec.name,
+             model->parameter_count(), train.size(), o.batch, o.epochs,
+             device.is_cuda() ? device.str() : fmt::format("{} threads", omp_get_max_threads()));
   Progress progress("train", o.epochs * steps_per_epoch, "img");
   double last_test = NAN;
   for (std::int64_t epoch = first_epoch; epoch < o.epochs; ++epoch) {
@@ -96,6 +98,8 @@ void run_train(const TrainOptions& o) {
     double loss_sum = 0.0;
     std::int64_t seen = 0, correct = 0, step = 0;
     while (loader.next(images, labels)) {
+      images = images.to(device);
+      labels = labels.to(device);
       const std::int64_t global_step = epoch * steps_per_epoch + step++;
       sgd.set_lr(schedule.at(global_step));
       Tensor logits = model->forward(images);
@@ -205,7 +209,9 @@ void add_train_command(CLI::App& app) {
     }
     ZSQ_CHECK(!o->resume && o->stop_after_epoch == 0 && o->width_mult == 0,
               "zsq train --student: --resume, --stop-after-epoch and --width-mult are for teacher training");
-    apply_common_options(o->common);
+    const Device device = apply_common_options(o->common);
+    ZSQ_CHECK(device.is_cpu(), "zsq train --student runs on the CPU only (--device {} given)",
+              o->common.device);
     run_train_student({.student = o->student,
                        .teacher = o->teacher,
                        .data = o->data,

@@ -4,16 +4,21 @@
 #include <cstdint>
 #include <string>
 
+#include "engine/device.h"
+
 namespace zsq::cli {
 
 // Options every verb takes.
 struct CommonOptions {
   std::uint64_t seed = 0;
-  int threads = 0;  // 0: all cores
+  int threads = 0;             // 0: all cores
+  std::string device = "cpu";  // cpu, cuda or cuda:N
 };
-// Adds --seed and --threads to `verb`; apply() seeds the global RNG and sets the thread count.
+// Adds --seed, --threads and --device to `verb`; apply() seeds the global RNG, sets the thread count
+// and returns the device to compute on, refusing a CUDA device that this build or machine lacks with
+// one clear message.
 void add_common_options(CLI::App* verb, CommonOptions& options);
-void apply_common_options(const CommonOptions& options);
+Device apply_common_options(const CommonOptions& options);
 
 void add_train_command(CLI::App& app);
 void add_eval_command(CLI::App& app);

@@ -16,8 +16,9 @@ std::int64_t count_correct(const Tensor& logits, const Tensor& labels,
                            std::vector<std::int64_t>* correct_per_label,
                            std::vector<std::int64_t>* count_per_label) {
   const auto n = logits.size(0), k = logits.size(1);
-  const float* p = logits.f32();
-  const std::int32_t* y = labels.data<std::int32_t>();
+  const Tensor host_logits = logits.to(Device::cpu()), host_labels = labels.to(Device::cpu());
+  const float* p = host_logits.f32();
+  const std::int32_t* y = host_labels.data<std::int32_t>();
   std::int64_t correct = 0;
   for (std::int64_t i = 0; i < n; ++i) {
     std::int64_t best = 0;
@@ -50,14 +51,14 @@ EvalResult evaluate(models::Classifier& model, const FashionMnist& data, std::in
   const bool was_training = model.is_training();
   model.eval();
   NoGrad no_grad;
-  const auto r =
-      evaluate_forward([&](const Tensor& x) { return model.forward(x); }, data, batch_size, show_progress);
+  const auto r = evaluate_forward([&](const Tensor& x) { return model.forward(x); }, data, batch_size,
+                                  show_progress, model.device());
   model.train(was_training);
   return r;
 }
 
 EvalResult evaluate_forward(const std::function<Tensor(const Tensor&)>& forward, const FashionMnist& data,
-                            std::int64_t batch_size, bool show_progress) {
+                            std::int64_t batch_size, bool show_progress, Device device) {
   const auto start = std::chrono::steady_clock::now();
   BatchLoader loader(data, batch_size, false, false, Rng(0));
   Progress progress("eval", loader.batches_per_epoch(), "img");
@@ -67,6 +68,8 @@ EvalResult evaluate_forward(const std::function<Tensor(const Tensor&)>& forward,
   std::int64_t correct = 0, batch = 0;
   std::vector<std::int64_t> correct_per_label, count_per_label;
   while (loader.next(images, labels)) {
+    images = images.to(device);
+    labels = labels.to(device);
     Tensor logits = forward(images);
     const auto classes = static_cast<std::size_t>(logits.size(1));
     if (count_per_label.size() < classes) correct_per_label.resize(classes), count_per_label.resize(classes);

@@ -24,7 +24,8 @@ EvalResult evaluate(models::Classifier& model, const FashionMnist& data, std::in
                     bool show_progress = false);
 // The same for any function from an image batch to logits (e.g. the integer runner).
 EvalResult evaluate_forward(const std::function<Tensor(const Tensor&)>& forward, const FashionMnist& data,
-                            std::int64_t batch_size = 500, bool show_progress = false);
+                            std::int64_t batch_size = 500, bool show_progress = false,
+                            Device device = Device::cpu());
 // Number of rows whose argmax equals the label; with `correct_per_label`/`count_per_label` (sized to the
 // class count) also tallies per label.
 std::int64_t count_correct(const Tensor& logits, const Tensor& labels,

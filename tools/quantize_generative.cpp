@@ -184,7 +184,7 @@ GenerativeRunResult run_trainer(const GenerativeRunOptions& o, models::Classifie
   Tensor labels = Tensor::empty({n}, DType::s32);
   for (std::int64_t i = 0; i < n; ++i)
     labels.data<std::int32_t>()[i] = static_cast<std::int32_t>(i % teacher.num_classes());
-  result.inputs = trainer.generator().sample(z, labels);
+  result.inputs = trainer.generator().sample(z.to(trainer.device()), labels.to(trainer.device()));
   return result;
 }
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include "engine/check.h"
 #include "engine/rng.h"
+#include "ops/cuda/cuda_runtime_api.h"
 #include "tools/commands.h"
 #include "tools/datasets/fashion_mnist.h"
 #include "tools/interrupt.h"
@@ -18,11 +19,22 @@ void add_common_options(CLI::App* verb, CommonOptions& options) {
   verb->add_option("--threads", options.threads, "CPU threads (0 = all cores)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  verb->add_option("--device", options.device,
+                   "Where to compute: cpu, cuda or cuda:N (random draws stay on the CPU, so a seed gives "
+                   "the same inputs on either device)")
+      ->capture_default_str();
 }
 
-void apply_common_options(const CommonOptions& options) {
+Device apply_common_options(const CommonOptions& options) {
   global_rng().reseed(options.seed);
   if (options.threads > 0) omp_set_num_threads(options.threads);
+  const Device device = parse_device(options.device);
+  if (device.is_cuda()) {
+    const int count = cuda::device_count();
+    ZSQ_CHECK(count > 0, "--device {}: no usable GPU ({})", options.device, cuda::unavailable_reason());
+    ZSQ_CHECK(device.index < count, "--device {}: no such GPU ({} visible)", options.device, count);
+  }
+  return device;
 }
 
 std::string default_data_dir() {

@@ -99,6 +99,7 @@ GdfqTrainer::GdfqTrainer(models::Classifier& teacher, Student& student, const Gd
   config.conv_init =
       options.generator_init == "torch" ? models::ConvInit::torch_default : models::ConvInit::kaiming_fan_out;
   generator_ = std::make_unique<models::Generator>(config, init);
+  generator_->to(device());
   g_optim_ = std::make_unique<Adam>(generator_->parameters(), AdamOptions{.lr = options.g_lr, .beta1 = 0.5f});
   // Q in eval mode throughout (fixed BN statistics); every parameter, BN affine included, trains.
   student_.model().eval();
@@ -126,10 +127,12 @@ void GdfqTrainer::begin_epoch(std::int64_t epoch) {
     recalibrate_ranges(epoch, o.recalibrate_batches, [this](Rng& rng) {
       const auto n = options_.batch;
       if (options_.recalibrate_source == "gaussian")
-        return gaussian_inputs(n, generator_->config().channels, generator_->config().image_size, rng);
-      Tensor z = randn({n, generator_->config().latent}, rng);
+        return on_device(
+            gaussian_inputs(n, generator_->config().channels, generator_->config().image_size, rng));
+      Tensor z = on_device(randn({n, generator_->config().latent}, rng));
       return generator_->sample(
-          z, random_labels(n, teacher_.num_classes(), rng));  // train-mode images, generator state untouched
+          z, on_device(random_labels(n, teacher_.num_classes(),
+                                     rng)));  // train-mode images, generator state untouched
     });
     student_.model().eval();
   }
@@ -140,8 +143,8 @@ GdfqIteration GdfqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, R
   r.epoch = epoch;
   r.iteration = iteration;
   const auto n = options_.batch;
-  Tensor z = randn({n, generator_->config().latent}, rng);
-  Tensor labels = random_labels(n, teacher_.num_classes(), rng);
+  Tensor z = on_device(randn({n, generator_->config().latent}, rng));
+  Tensor labels = on_device(random_labels(n, teacher_.num_classes(), rng));
 
   // Generator step.
   generator_->train();

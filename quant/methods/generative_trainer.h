@@ -100,6 +100,10 @@ class GenerativeTrainer {
   std::int64_t iterations() const { return iterations_; }
   std::int64_t epochs_done() const { return epochs_done_; }
   models::Generator& generator() { return *generator_; }
+  // Where the run computes: the teacher's device. Random draws (latents, labels) are made on the CPU,
+  // so a seed gives the same draws on either device, and moved here.
+  Device device() const { return teacher_.device(); }
+  Tensor on_device(const Tensor& t) const { return t.to(device()); }
   // Test accuracy after each evaluated epoch (only with TrainingHooks::evaluate), resumed runs included.
   const std::vector<EpochAccuracy>& test_accuracy() const { return test_accuracy_; }
   // Generator, optimizers and observers, plus the epoch count, for exact resume (the student's weights

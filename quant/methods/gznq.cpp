@@ -56,6 +56,27 @@ Tensor gznq_sample(const Tensor& mean, const Tensor& log_std, std::int64_t n, Rn
   ZSQ_CHECK(mean.dim() == 4 && mean.shape() == log_std.shape() && n > 0,
             "gznq_sample: mean and log-std must be equal 4-D shapes, got {} and {}", mean.str(),
             log_std.str());
+  if (mean.is_cuda()) {
+    // Same draw as the CPU path (noise from the CPU RNG), computed on the device: rows repeat the
+    // learned images cyclically, x = mu + exp(rho) * z.
+    const auto rows = mean.size(0);
+    Tensor noise = randn({n, mean.size(1), mean.size(2), mean.size(3)}, rng).to(mean.device());
+    Tensor mu_rows = Tensor::empty(noise.shape(), DType::f32, MemoryFormat::contiguous, mean.device());
+    Tensor std_rows = Tensor::empty(noise.shape(), DType::f32, MemoryFormat::contiguous, mean.device());
+    const Tensor mu_c = mean.to_format(MemoryFormat::contiguous),
+                 rho_c = log_std.to_format(MemoryFormat::contiguous);
+    const std::size_t image_bytes = mu_c.nbytes() / static_cast<std::size_t>(rows);
+    for (std::int64_t i = 0; i < n; ++i) {
+      const std::size_t src = static_cast<std::size_t>(i % rows) * image_bytes,
+                        dst = static_cast<std::size_t>(i) * image_bytes;
+      device_copy(static_cast<char*>(mu_rows.raw_data()) + dst, mean.device(),
+                  static_cast<const char*>(mu_c.raw_data()) + src, mean.device(), image_bytes);
+      device_copy(static_cast<char*>(std_rows.raw_data()) + dst, mean.device(),
+                  static_cast<const char*>(rho_c.raw_data()) + src, mean.device(), image_bytes);
+    }
+    NoGrad no_grad;
+    return ops::add(mu_rows, ops::mul(ops::exp(std_rows), noise));
+  }
   const auto rows = mean.size(0), per_image = mean.numel() / rows;
   Tensor out = Tensor::empty({n, mean.size(1), mean.size(2), mean.size(3)});
   Tensor noise = randn({n, mean.size(1), mean.size(2), mean.size(3)}, rng);
@@ -76,16 +97,18 @@ Tensor gznq_synthesize(models::Classifier& teacher, std::int64_t channels, const
   teacher.eval();
   teacher.set_requires_grad(false);
   const Shape shape{o.batch, channels, o.image_size, o.image_size};
-  Tensor mu = randn(shape, rng);
-  Tensor rho = Tensor::full(shape, std::log(o.initial_std));
+  const Device device = teacher.device();
+  Tensor mu = randn(shape, rng).to(device);
+  Tensor rho = Tensor::full(shape, std::log(o.initial_std), MemoryFormat::contiguous, device);
   mu.set_requires_grad(true);
   rho.set_requires_grad(true);
   Tensor labels = Tensor::empty({o.batch}, DType::s32);
   for (std::int64_t i = 0; i < o.batch; ++i)
     labels.data<std::int32_t>()[i] = static_cast<std::int32_t>(i % teacher.num_classes());
+  labels = labels.to(device);
   Adam adam({mu, rho}, {.lr = o.lr});
   for (std::int64_t it = 0; it < o.iterations; ++it) {
-    Tensor noise = randn(shape, rng);
+    Tensor noise = randn(shape, rng).to(device);
     Tensor x = ops::add(mu, ops::mul(ops::exp(rho), noise));
     TeacherPass pass = run_with_bn_inputs(teacher, x);
     Tensor kl = bns_loss_gaussian_kl(pass.bn_inputs, teacher.batch_norms());

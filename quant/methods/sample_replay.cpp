@@ -31,7 +31,8 @@ void SampleReplay::add(const Tensor& batch, Rng& rng) {
   ZSQ_CHECK(batch.dim() == 4 && batch.numel() == batch.size(0) * image_numel_,
             "replay: a batch must be [N, {}, {}, {}], got {}", image_shape_[0], image_shape_[1],
             image_shape_[2], batch.str());
-  const Tensor source = batch.to_format(MemoryFormat::contiguous);
+  // The memory stays on the host (it can hold far more images than a batch); a GPU batch is copied over.
+  const Tensor source = batch.to_format(MemoryFormat::contiguous).to(Device::cpu());
   const float* src = source.f32();
   float* dst = images_.f32();
   for (std::int64_t i = 0; i < batch.size(0); ++i) {
@@ -90,10 +91,13 @@ Tensor concat_batches(const Tensor& a, const Tensor& b) {
               b.str());
   Shape shape = a.shape();
   shape[0] = a.size(0) + b.size(0);
-  Tensor out = Tensor::empty(shape);
+  ZSQ_CHECK(a.device() == b.device(), "concat_batches: {} is on {}, {} on {}", a.str(), a.device().str(),
+            b.str(), b.device().str());
+  Tensor out = Tensor::empty(shape, DType::f32, MemoryFormat::contiguous, a.device());
   const Tensor ca = a.to_format(MemoryFormat::contiguous), cb = b.to_format(MemoryFormat::contiguous);
-  std::copy_n(ca.f32(), ca.numel(), out.f32());
-  std::copy_n(cb.f32(), cb.numel(), out.f32() + ca.numel());
+  device_copy(out.raw_data(), out.device(), ca.raw_data(), ca.device(), ca.nbytes());
+  device_copy(static_cast<char*>(out.raw_data()) + ca.nbytes(), out.device(), cb.raw_data(), cb.device(),
+              cb.nbytes());
   return out;
 }
 

@@ -53,7 +53,7 @@ std::int64_t load_trainer_state(const Checkpoint& ckpt, const std::string& metho
       ZSQ_CHECK(learned != nullptr && learned->numel() == 1,
                 "{}: missing learned range of {} (was it written with act_range=observed?)", ckpt.path,
                 site.name);
-      site.learned_hi.f32()[0] = learned->to_vector()[0];
+      site.learned_hi.copy_from(learned->to_format(site.learned_hi.format()));  // either device
     }
   }
   // The student's learned weight clip ratios travel in its own checkpoint entries (Student::to_checkpoint,

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 
+#include "engine/autograd.h"
 #include "engine/check.h"
+#include "ops/elementwise.h"
 
 namespace zsq::quant {
 
@@ -15,6 +17,13 @@ WeightAverage::WeightAverage(Module& model, float decay)
 void WeightAverage::update() {
   const float keep = updates_ == 0 ? 0.0f : decay_;
   for (std::size_t i = 0; i < parameters_.size(); ++i) {
+    if (average_[i].is_cuda()) {
+      // Same arithmetic through device ops (a = keep * a + (1 - keep) * w), written back in place.
+      NoGrad no_grad;
+      average_[i].copy_from(ops::add(ops::mul_scalar(average_[i], keep),
+                                     ops::mul_scalar(parameters_[i].second.detach(), 1.0f - keep)));
+      continue;
+    }
     const float* w = parameters_[i].second.f32();
     float* a = average_[i].f32();
     const auto n = average_[i].numel();
@@ -24,9 +33,16 @@ void WeightAverage::update() {
 }
 
 void WeightAverage::swap() {
-  for (std::size_t i = 0; i < parameters_.size(); ++i)
+  for (std::size_t i = 0; i < parameters_.size(); ++i) {
+    if (average_[i].is_cuda()) {
+      const Tensor held = parameters_[i].second.detach().clone();
+      parameters_[i].second.copy_from(average_[i]);
+      average_[i].copy_from(held);
+      continue;
+    }
     std::swap_ranges(parameters_[i].second.f32(), parameters_[i].second.f32() + average_[i].numel(),
                      average_[i].f32());
+  }
 }
 
 void WeightAverage::save(Checkpoint& checkpoint) const {

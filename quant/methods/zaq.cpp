@@ -124,6 +124,7 @@ ZaqTrainer::ZaqTrainer(models::Classifier& teacher, Student& student, const ZaqO
             "zaq: replay_fraction must be in (0, 1), got {}", options.replay_fraction);
   Rng init(options.seed ^ 0x7a6171ULL);
   generator_ = std::make_unique<models::Generator>(models::GeneratorConfig::zaq(1), init);
+  generator_->to(device());
   g_optim_ = std::make_unique<Adam>(generator_->parameters(), AdamOptions{.lr = options.g_lr});
   q_optim_ =
       std::make_unique<Sgd>(student_.model().parameters(), SgdOptions{.lr = options.q_lr,
@@ -155,9 +156,10 @@ void ZaqTrainer::begin_epoch(std::int64_t epoch) {
   if (o.freeze_epochs >= 0 && epoch == o.freeze_epochs && o.recalibrate_batches > 0) {
     recalibrate_ranges(epoch, o.recalibrate_batches, [this](Rng& rng) {
       if (options_.recalibrate_source == "gaussian")
-        return gaussian_inputs(options_.batch, generator_->config().channels, generator_->config().image_size,
-                               rng);
-      return generator_->sample(randn({options_.batch, generator_->config().latent}, rng), Tensor());
+        return on_device(gaussian_inputs(options_.batch, generator_->config().channels,
+                                         generator_->config().image_size, rng));
+      return generator_->sample(on_device(randn({options_.batch, generator_->config().latent}, rng)),
+                                Tensor());
     });
   }
   if (options_.student_bn_train)
@@ -200,10 +202,10 @@ ZaqIteration ZaqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, Rng
       // With replay the generator makes only the fresh share (its BN, in train mode, then normalizes over
       // that share), so a Q step costs no more generator work than without it.
       const bool mix = replay_ && replay_->size() > 0;
-      x = generator_->forward(randn({options_.batch - (mix ? replayed_ : 0), latent}, rng));
+      x = generator_->forward(on_device(randn({options_.batch - (mix ? replayed_ : 0), latent}, rng)));
       if (replay_) {
         // Draw before adding, so the replayed share is never this step's own images.
-        Tensor past = mix ? replay_->sample(replayed_, rng) : Tensor();
+        Tensor past = mix ? on_device(replay_->sample(replayed_, rng)) : Tensor();
         replay_->add(x, rng);
         if (mix) x = concat_batches(x, past);
       }
@@ -228,7 +230,7 @@ ZaqIteration ZaqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, Rng
     check_student_finite(epoch, iteration, r.q_loss, q_optim_->lr());
   }
 
-  Tensor x = generator_->forward(randn({options_.batch, latent}, rng));
+  Tensor x = generator_->forward(on_device(randn({options_.batch, latent}, rng)));
   Tensor d_o, d_f, last, p_logits;
   discrepancies(x, true, d_o, d_f, &last, &p_logits);
   Tensor activation = ops::mean(ops::relu(last));  // |F| = F after the stage's ReLU
