@@ -1,13 +1,13 @@
 // The CUDA backend's throughput (run on a GPU machine; every benchmark skips with a message without one).
 // Each figure comes with the ceiling it is compared against, measured in the same run:
 //   BM_CudaCopy/<MiB>            device-to-device copy: the bandwidth ceiling (bytes read + written)
-//   BM_CudaRelu, BM_CudaFakeQuant  own memory-bound kernels on the same bytes, in GB/s (read + written)
+//   BM_CudaRelu, BM_CudaFakeQuant  own memory-bound kernels on the same bytes, in bytes/s (read + written)
 //   BM_CudaChannelMean/Variance  per-channel reductions of a channels_last activation (the BN-statistics
-//                                loss), GB/s of input read
-//   BM_CudaMatmul/<n>            fp32 matmul through ops::matmul (cuBLAS, TF32 off), TFLOP/s: n = 8192 is
+//                                loss), bytes/s of input read
+//   BM_CudaMatmul/<n>            fp32 matmul through ops::matmul (cuBLAS, TF32 off), FLOP/s: n = 8192 is
 //                                the library ceiling for fp32
 //   BM_CudaConv/<shape>/<batch>  each ResNet-20 convolution through ops::conv2d (cuDNN), forward +
-//                                backward data + backward weights, TFLOP/s
+//                                backward data + backward weights, FLOP/s
 //   BM_CudaTrainStep/<batch>     ResNet-20 training step (forward, cross-entropy, backward, SGD), img/s
 //   BM_CudaInference/<batch>     ResNet-20 eval forward under NoGrad, img/s
 //   BM_CudaGdfqIteration, BM_CudaZaqIteration  one iteration of each generative method, W4A4 student
@@ -52,9 +52,9 @@ Tensor gpu_randn(const Shape& shape, std::uint64_t seed, MemoryFormat format = M
   return t.to(kGpu);
 }
 
+// Printed as bytes_per_second (e.g. "2.9T/s"; the JSON holds the exact figure).
 void set_bandwidth(benchmark::State& state, double bytes_per_call) {
-  state.counters["GB/s"] =
-      benchmark::Counter(bytes_per_call * kRepeat * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetBytesProcessed(static_cast<std::int64_t>(bytes_per_call * kRepeat) * state.iterations());
 }
 
 // 64 MiB of floats by default: far beyond the 50 MB L2, so the figures are DRAM bandwidth.
@@ -136,8 +136,8 @@ void BM_CudaMatmul(benchmark::State& state) {
     benchmark::DoNotOptimize(ops::matmul(a, b).raw_data());
     cuda::synchronize();
   }
-  state.counters["TFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(n) * n * n * 1e-12,
-                                                 benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["FLOP/s"] =
+      benchmark::Counter(2.0 * static_cast<double>(n) * n * n, benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_CudaMatmul)->Arg(1024)->Arg(4096)->Arg(8192)->Unit(benchmark::kMillisecond)->UseRealTime();
 
@@ -173,8 +173,7 @@ void BM_CudaConv(benchmark::State& state) {
   }
   const auto out_hw = s.hw / s.stride;
   const double flops = 3.0 * 2.0 * batch * s.cout * out_hw * out_hw * s.cin * s.kernel * s.kernel;
-  state.counters["TFLOP/s"] =
-      benchmark::Counter(flops * 1e-12, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel(fmt::format("{}->{} {}x{} k{} s{}", s.cin, s.cout, s.hw, s.hw, s.kernel, s.stride));
 }
 BENCHMARK(BM_CudaConv)
