@@ -10,6 +10,7 @@
 #include <string>
 
 #include "engine/checkpoint.h"
+#include "engine/device.h"
 #include "models/model_file.h"
 
 namespace fs = std::filesystem;
@@ -88,6 +89,23 @@ TEST_CASE("bad flags and missing files are refused with a message") {
   auto r = run("eval /nonexistent/model.safetensors");
   CHECK(r.code == 1);
   CHECK(r.err.find("/nonexistent/model.safetensors") != std::string::npos);
+}
+
+TEST_CASE("--device: a bad name, and a GPU this machine lacks, each give one clear error") {
+  for (const char* verb :
+       {"train --out x.safetensors", "eval models/pretrained/resnet20.safetensors",
+        "quantize --teacher models/pretrained/resnet20.safetensors --method gaussian --out q",
+        "bench train --steps 1"}) {
+    CAPTURE(verb);
+    auto r = run(std::string(verb) + " --device tpu");
+    CHECK(r.code == 1);
+    CHECK(r.err.find("unknown device 'tpu'") != std::string::npos);
+    if (zsq::cuda_available()) continue;  // a GPU machine: --device cuda is valid there
+    r = run(std::string(verb) + " --device cuda");
+    CHECK(r.code == 1);
+    CHECK(r.err.find("--device cuda: no usable GPU") != std::string::npos);
+    CHECK(r.err.find('\n') == r.err.size() - 1);  // one line
+  }
 }
 
 TEST_CASE("train, interrupt, resume: the same model as an uninterrupted run; eval, inspect") {

@@ -13,6 +13,7 @@
 #include "engine/optim.h"
 #include "models/model_file.h"
 #include "models/zoo.h"
+#include "ops/cuda/cuda_runtime_api.h"
 #include "ops/loss.h"
 #include "quant/distill.h"
 #include "quant/integer_runner.h"
@@ -25,7 +26,8 @@ namespace zsq::cli {
 namespace {
 struct BenchOptions {
   CommonOptions common;
-  std::string mode, model = "resnet20", device = "cpu";
+  std::string mode, model = "resnet20";
+  Device device;  // from --device (CommonOptions)
   std::int64_t batch = 128, warmup = 5, steps = 30;
   bool json = false, int8 = false, int4 = false;
 };
@@ -44,12 +46,16 @@ Timing percentiles(std::vector<double> v) {
   return {median, at(0.99), v.front()};
 }
 
-Timing time_steps(const std::function<void()>& step, std::int64_t warmup, std::int64_t steps) {
+// GPU work is queued asynchronously: each timed step ends with a synchronize so it counts the device's
+// time, not the launch time.
+Timing time_steps(const std::function<void()>& step, std::int64_t warmup, std::int64_t steps, Device device) {
   for (std::int64_t i = 0; i < warmup; ++i) step();
+  if (device.is_cuda()) cuda::synchronize();
   std::vector<double> seconds;
   for (std::int64_t i = 0; i < steps; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     step();
+    if (device.is_cuda()) cuda::synchronize();
     seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   return percentiles(seconds);
@@ -115,11 +121,13 @@ Subject load_subject(const BenchOptions& o, Rng& rng) {
 void run_train(const BenchOptions& o, Subject& s, Rng& rng) {
   ZSQ_CHECK(s.model != nullptr, "bench train needs a float model, not an integer one");
   auto& model = *s.model;
-  Tensor images = randn({o.batch, s.in_channels, 32, 32}, rng);
+  model.to(o.device);
+  Tensor images = randn({o.batch, s.in_channels, 32, 32}, rng).to(o.device);
   Tensor labels = Tensor::empty({o.batch}, DType::s32);
   for (std::int64_t i = 0; i < o.batch; ++i)
     labels.data<std::int32_t>()[i] =
         static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(model.num_classes())));
+  labels = labels.to(o.device);
   Sgd sgd(model.parameters(), {.lr = 0.01f, .momentum = 0.9f, .weight_decay = 5e-4f, .nesterov = true});
   model.train(true);
   const auto t = time_steps(
@@ -129,13 +137,14 @@ void run_train(const BenchOptions& o, Subject& s, Rng& rng) {
         loss.backward();
         sgd.step();
       },
-      o.warmup, o.steps);
+      o.warmup, o.steps, o.device);
   const double img_per_s = static_cast<double>(o.batch) / t.p50;
   if (o.json) {
     fmt::print("{}\n", nlohmann::json{{"mode", o.mode},
                                       {"model", o.model},
                                       {"batch", o.batch},
                                       {"threads", omp_get_max_threads()},
+                                      {"device", o.device.str()},
                                       {"steps", o.steps},
                                       {"warmup", o.warmup},
                                       {"median_ms", t.p50 * 1e3},
@@ -143,19 +152,23 @@ void run_train(const BenchOptions& o, Subject& s, Rng& rng) {
                                       {"min_ms", t.min * 1e3}}
                            .dump());
   } else {
-    fmt::print(
-        "{} train batch {} on {} threads: median {:.2f} ms/step, {:.0f} img/s ({} steps after {} warm-up)\n",
-        s.description, o.batch, omp_get_max_threads(), t.p50 * 1e3, img_per_s, o.steps, o.warmup);
+    fmt::print("{} train batch {} on {}: median {:.2f} ms/step, {:.0f} img/s ({} steps after {} warm-up)\n",
+               s.description, o.batch,
+               o.device.is_cuda() ? o.device.str() : fmt::format("{} threads", omp_get_max_threads()),
+               t.p50 * 1e3, img_per_s, o.steps, o.warmup);
   }
 }
 
 void run_infer(const BenchOptions& o, Subject& s, Rng& rng) {
-  if (s.model) s.model->eval();
+  if (s.model) {
+    s.model->eval();
+    s.model->to(o.device);
+  }
   nlohmann::json rows = nlohmann::json::array();
   std::vector<std::int64_t> batches{1};
   if (o.batch != 1) batches.push_back(o.batch);
   for (const auto batch : batches) {
-    Tensor images = randn({batch, s.in_channels, 32, 32}, rng);
+    Tensor images = randn({batch, s.in_channels, 32, 32}, rng).to(o.device);
     NoGrad no_grad;
     // Batch 1 is a latency measurement: more steps, so that p99 means something.
     const auto steps = batch == 1 ? std::max<std::int64_t>(o.steps, 200) : o.steps;
@@ -166,7 +179,7 @@ void run_infer(const BenchOptions& o, Subject& s, Rng& rng) {
           else
             s.model->forward(images);
         },
-        o.warmup, steps);
+        o.warmup, steps, o.device);
     rows.push_back({{"batch", batch},
                     {"steps", steps},
                     {"p50_ms", t.p50 * 1e3},
@@ -183,7 +196,7 @@ void run_infer(const BenchOptions& o, Subject& s, Rng& rng) {
                                       {"model", o.model},
                                       {"description", s.description},
                                       {"integer", s.runner != nullptr},
-                                      {"device", o.device},
+                                      {"device", o.device.str()},
                                       {"batch", o.batch},
                                       {"threads", omp_get_max_threads()},
                                       {"warmup", o.warmup},
@@ -194,7 +207,8 @@ void run_infer(const BenchOptions& o, Subject& s, Rng& rng) {
                            .dump());
     return;
   }
-  fmt::print("{} inference on {} threads ({})\n", s.description, omp_get_max_threads(), o.device);
+  fmt::print("{} inference on {}\n", s.description,
+             o.device.is_cuda() ? o.device.str() : fmt::format("{} threads", omp_get_max_threads()));
   for (const auto& r : rows)
     fmt::print("  batch {:>4}: p50 {:8.3f} ms  p99 {:8.3f} ms  {:8.0f} img/s  ({} steps)\n",
                r.at("batch").get<int>(), r.at("p50_ms").get<double>(), r.at("p99_ms").get<double>(),
@@ -208,15 +222,16 @@ void run_infer(const BenchOptions& o, Subject& s, Rng& rng) {
   }
 }
 
-void run_bench(const BenchOptions& o) {
-  apply_common_options(o.common);
+void run_bench(BenchOptions o) {
+  o.device = apply_common_options(o.common);
   ZSQ_CHECK(!(o.int8 && o.int4), "--int8 and --int4 are exclusive");
-  ZSQ_CHECK(o.device == "cpu",
-            "--device cuda: this build has no CUDA inference path yet (the CUDA backend is "
-            "issue 5); use --device cpu");
   ZSQ_CHECK(o.mode == "infer" || !(o.int8 || o.int4), "--int8/--int4 apply to `bench infer`");
   Rng rng = global_rng().fork(3);
   Subject s = load_subject(o, rng);
+  ZSQ_CHECK(s.runner == nullptr || o.device.is_cpu(),
+            "--device {}: integer models run on the CPU kernels only (oneDNN, AVX-512 VNNI); the GPU path "
+            "runs float and fake-quant models",
+            o.device.str());
   if (o.mode == "train")
     run_train(o, s, rng);
   else
@@ -239,9 +254,6 @@ void add_bench_command(CLI::App& app) {
                  "Integer inference, 8-bit weights (a float file is quantized W8A8 first)");
   verb->add_flag("--int4", o->int4,
                  "Integer inference, 4-bit weights (a float file is quantized W4A4 first)");
-  verb->add_option("--device", o->device, "cpu or cuda")
-      ->check(CLI::IsMember({"cpu", "cuda"}))
-      ->capture_default_str();
   verb->add_flag("--json", o->json, "Print one JSON object");
   add_common_options(verb, o->common);
   add_bench_kernels_command(verb);
