@@ -1,8 +1,12 @@
+// Layout views and channel normalization. positions_as_rows is a view (or one to_format copy), so it
+// works on any device as is; normalize_channels runs ops/cuda/layout.cu on a GPU and the loop below on
+// the CPU, with the same autograd record shape.
 #include "ops/layout.h"
 
 #include <cmath>
 
 #include "engine/autograd.h"
+#include "ops/cuda/layout.h"
 
 namespace zsq::ops {
 
@@ -37,8 +41,23 @@ Tensor normalize_channels(const Tensor& x, float eps) {
   ZSQ_CHECK(eps > 0, "normalize_channels: eps must be positive");
   Tensor in = rows_cl(x);
   const auto C = x.size(1), rows = x.numel() / C;
-  Tensor out = Tensor::empty(x.shape(), DType::f32, MemoryFormat::channels_last);
-  Tensor norms = Tensor::empty({rows});
+  Tensor out = Tensor::empty(x.shape(), DType::f32, MemoryFormat::channels_last, x.device());
+  Tensor norms = Tensor::empty({rows}, DType::f32, MemoryFormat::contiguous, x.device());
+#if ZSQ_WITH_CUDA
+  if (x.is_cuda()) {
+    cuda::normalize_rows_forward(in.cuda_f32(), out.cuda_f32(), norms.cuda_f32(), rows, C, eps);
+    Tensor saved_y = out.detach();
+    return record(out, "normalize_channels", {x},
+                  [saved_y, norms, C, rows, eps](const Tensor& g, const std::vector<bool>&) {
+                    Tensor gr = rows_cl(g);
+                    Tensor dx = Tensor::empty(saved_y.shape(), DType::f32, MemoryFormat::channels_last,
+                                              saved_y.device());
+                    cuda::normalize_rows_backward(gr.cuda_f32(), saved_y.cuda_f32(), norms.cuda_f32(),
+                                                  dx.cuda_f32(), rows, C, eps);
+                    return std::vector<Tensor>{dx};
+                  });
+  }
+#endif
   const float* px = in.f32();
   float* py = out.f32();
   float* pn = norms.f32();

@@ -1,11 +1,14 @@
-// Pooling front functions. Global pooling and nearest upsampling are hand loops (per-row vector work
-// along C for channels-last, per-plane work for contiguous); windowed pooling goes to oneDNN.
+// Pooling front functions. On the CPU, global pooling and nearest upsampling are hand loops (per-row
+// vector work along C for channels-last, per-plane work for contiguous) and windowed pooling goes to
+// oneDNN. On a GPU every op runs zsq's own kernels (ops/cuda/pool.cu) on the tensor's own format; the
+// max variants save an s32 argmax tensor for the backward pass instead of oneDNN's workspace.
 #include "ops/pool.h"
 
 #include <cstring>
 
 #include "engine/autograd.h"
 #include "ops/cpu/kernels.h"
+#include "ops/cuda/pool.h"
 
 namespace zsq::ops {
 
@@ -14,8 +17,8 @@ using i64 = std::int64_t;
 
 void check_input(const char* op, const Tensor& x) {
   ZSQ_CHECK(x.defined(), "{}: undefined input", op);
-  ZSQ_CHECK(x.dim() == 4 && x.dtype() == DType::f32 && x.device().is_cpu(),
-            "{}: input must be f32 [N, C, H, W] on the CPU, got {}", op, x.str());
+  ZSQ_CHECK(x.dim() == 4 && x.dtype() == DType::f32, "{}: input must be f32 [N, C, H, W], got {}", op,
+            x.str());
   ZSQ_CHECK(x.numel() > 0, "{}: empty input {}", op, x.str());
 }
 
@@ -205,6 +208,96 @@ Tensor upsample_backward(const Tensor& g_out, const Shape& x_shape, MemoryFormat
   return gx;
 }
 
+#if ZSQ_WITH_CUDA
+// CUDA paths: the same outputs and gradients in the input's format, on the input's device.
+bool channels_last(const Tensor& x) {
+  return x.format() == MemoryFormat::channels_last;
+}
+
+Tensor global_avg_forward_cuda(const Tensor& x) {
+  const Planes g(x);
+  Tensor out = Tensor::empty({g.N, g.C, 1, 1}, DType::f32, x.format(), x.device());
+  cuda::global_avg_pool_forward(x.cuda_f32(), out.cuda_f32(), g.N, g.C, g.S, g.cl);
+  return out;
+}
+
+Tensor global_avg_backward_cuda(const Tensor& g_out, const Shape& x_shape, MemoryFormat format) {
+  Tensor gx = Tensor::empty(x_shape, DType::f32, format, g_out.device());
+  const Planes g(gx);
+  cuda::global_avg_pool_backward(g_out.cuda_f32(), gx.cuda_f32(), g.N, g.C, g.S, g.cl);
+  return gx;
+}
+
+Tensor global_max_forward_cuda(const Tensor& x, Tensor& argmax) {
+  const Planes g(x);
+  Tensor out = Tensor::empty({g.N, g.C, 1, 1}, DType::f32, x.format(), x.device());
+  argmax = Tensor::empty({g.N, g.C}, DType::s32, MemoryFormat::contiguous, x.device());
+  cuda::global_max_pool_forward(x.cuda_f32(), out.cuda_f32(), argmax.device_data<std::int32_t>(), g.N, g.C,
+                                g.S, g.cl);
+  return out;
+}
+
+Tensor global_max_backward_cuda(const Tensor& g_out, const Tensor& argmax, const Shape& x_shape,
+                                MemoryFormat format) {
+  Tensor gx = Tensor::empty(x_shape, DType::f32, format, g_out.device());
+  const Planes g(gx);
+  cuda::global_max_pool_backward(g_out.cuda_f32(), argmax.device_data<std::int32_t>(), gx.cuda_f32(), g.N,
+                                 g.C, g.S, g.cl);
+  return gx;
+}
+
+Tensor upsample_forward_cuda(const Tensor& x) {
+  const i64 N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  Tensor out = Tensor::empty({N, C, 2 * H, 2 * W}, DType::f32, x.format(), x.device());
+  cuda::upsample_nearest2x_forward(x.cuda_f32(), out.cuda_f32(), N, C, H, W, channels_last(x));
+  return out;
+}
+
+Tensor upsample_backward_cuda(const Tensor& g_out, const Shape& x_shape, MemoryFormat format) {
+  Tensor gx = Tensor::empty(x_shape, DType::f32, format, g_out.device());
+  cuda::upsample_nearest2x_backward(g_out.cuda_f32(), gx.cuda_f32(), x_shape[0], x_shape[1], x_shape[2],
+                                    x_shape[3], format == MemoryFormat::channels_last);
+  return gx;
+}
+
+cuda::PoolGeometry geometry(const Shape& x, MemoryFormat format, const Pool2dParams& p) {
+  return {x[0],
+          x[1],
+          x[2],
+          x[3],
+          (x[2] + 2 * p.pad_h - p.kernel_h) / p.stride_h + 1,
+          (x[3] + 2 * p.pad_w - p.kernel_w) / p.stride_w + 1,
+          p.kernel_h,
+          p.kernel_w,
+          p.stride_h,
+          p.stride_w,
+          p.pad_h,
+          p.pad_w,
+          format == MemoryFormat::channels_last};
+}
+
+Tensor windowed_pool_cuda(const char* op, const Tensor& x, const Pool2dParams& p, bool max) {
+  const cuda::PoolGeometry geo = geometry(x.shape(), x.format(), p);
+  const bool recording = any_requires_grad({&x});
+  Tensor out = Tensor::empty({geo.N, geo.C, geo.OH, geo.OW}, DType::f32, x.format(), x.device());
+  Tensor argmax;
+  if (max && recording) argmax = Tensor::empty(out.shape(), DType::s32, MemoryFormat::contiguous, x.device());
+  cuda::pool2d_forward(x.cuda_f32(), out.cuda_f32(),
+                       argmax.defined() ? argmax.device_data<std::int32_t>() : nullptr, geo, max);
+  if (!recording) return out;
+  const Shape x_shape = x.shape();
+  const MemoryFormat format = x.format();
+  // argmax holds out's elements in out's memory order (its own shape/format tags are not read).
+  return record(out, op, {x}, [=](const Tensor& g, const std::vector<bool>&) {
+    Tensor go = g.to_format(format);
+    Tensor gx = Tensor::empty(x_shape, DType::f32, format, go.device());
+    cuda::pool2d_backward(go.cuda_f32(), argmax.defined() ? argmax.device_data<std::int32_t>() : nullptr,
+                          gx.cuda_f32(), geo, max);
+    return std::vector<Tensor>{gx};
+  });
+}
+#endif
+
 void check_window(const char* op, const Tensor& x, const Pool2dParams& p) {
   check_input(op, x);
   ZSQ_CHECK(p.kernel_h >= 1 && p.kernel_w >= 1 && p.stride_h >= 1 && p.stride_w >= 1 && p.pad_h >= 0 &&
@@ -219,6 +312,9 @@ void check_window(const char* op, const Tensor& x, const Pool2dParams& p) {
 
 Tensor windowed_pool(const char* op, const Tensor& x, const Pool2dParams& p, bool max) {
   check_window(op, x, p);
+#if ZSQ_WITH_CUDA
+  if (x.is_cuda()) return windowed_pool_cuda(op, x, p, max);
+#endif
   const bool recording = any_requires_grad({&x});
   std::shared_ptr<void> workspace;
   Tensor out = dnnl_impl::pool2d_forward(x, p, max, recording, workspace);
@@ -233,9 +329,16 @@ Tensor windowed_pool(const char* op, const Tensor& x, const Pool2dParams& p, boo
 
 Tensor global_avg_pool(const Tensor& x) {
   check_input("global_avg_pool", x);
-  Tensor out = global_avg_forward(x);
   const Shape x_shape = x.shape();
   const MemoryFormat format = x.format();
+#if ZSQ_WITH_CUDA
+  if (x.is_cuda())
+    return record(global_avg_forward_cuda(x), "global_avg_pool", {x},
+                  [=](const Tensor& g, const std::vector<bool>&) {
+                    return std::vector<Tensor>{global_avg_backward_cuda(g, x_shape, format)};
+                  });
+#endif
+  Tensor out = global_avg_forward(x);
   return record(out, "global_avg_pool", {x}, [=](const Tensor& g, const std::vector<bool>&) {
     return std::vector<Tensor>{global_avg_backward(g, x_shape, format)};
   });
@@ -244,9 +347,17 @@ Tensor global_avg_pool(const Tensor& x) {
 Tensor global_max_pool(const Tensor& x) {
   check_input("global_max_pool", x);
   Tensor argmax;
-  Tensor out = global_max_forward(x, argmax);
   const Shape x_shape = x.shape();
   const MemoryFormat format = x.format();
+#if ZSQ_WITH_CUDA
+  if (x.is_cuda()) {
+    Tensor out = global_max_forward_cuda(x, argmax);
+    return record(out, "global_max_pool", {x}, [=](const Tensor& g, const std::vector<bool>&) {
+      return std::vector<Tensor>{global_max_backward_cuda(g, argmax, x_shape, format)};
+    });
+  }
+#endif
+  Tensor out = global_max_forward(x, argmax);
   return record(out, "global_max_pool", {x}, [=](const Tensor& g, const std::vector<bool>&) {
     return std::vector<Tensor>{global_max_backward(g, argmax, x_shape, format)};
   });
@@ -262,9 +373,16 @@ Tensor max_pool2d(const Tensor& x, const Pool2dParams& p) {
 
 Tensor upsample_nearest2x(const Tensor& x) {
   check_input("upsample_nearest2x", x);
-  Tensor out = upsample_forward(x);
   const Shape x_shape = x.shape();
   const MemoryFormat format = x.format();
+#if ZSQ_WITH_CUDA
+  if (x.is_cuda())
+    return record(upsample_forward_cuda(x), "upsample_nearest2x", {x},
+                  [=](const Tensor& g, const std::vector<bool>&) {
+                    return std::vector<Tensor>{upsample_backward_cuda(g.to_format(format), x_shape, format)};
+                  });
+#endif
+  Tensor out = upsample_forward(x);
   return record(out, "upsample_nearest2x", {x}, [=](const Tensor& g, const std::vector<bool>&) {
     return std::vector<Tensor>{upsample_backward(g.to_format(format), x_shape, format)};
   });

@@ -132,10 +132,16 @@ const char* unavailable_reason() {
 }
 
 void* alloc(std::size_t bytes, int device) {
-  const int count = device_count();
+  // Every op output comes through here: the device count is read once and cudaSetDevice is called only
+  // when the device changes (each is a driver call, a measurable share of a small kernel's time).
+  static const int count = device_count();
+  thread_local int current = -1;
   ZSQ_CHECK(device < count, "--device cuda:{}: no such GPU ({} visible{}{})", device, count,
             count ? "" : ": ", count ? "" : no_gpu_reason());
-  ZSQ_CUDA_CHECK(cudaSetDevice(device));
+  if (device != current) {
+    ZSQ_CUDA_CHECK(cudaSetDevice(device));
+    current = device;
+  }
   return cache().alloc(bytes, device);
 }
 
