@@ -81,6 +81,7 @@ void* workspace(std::size_t bytes) {
       ZSQ_CUDA_CHECK(cudaFree(s.workspace));
     }
     s.workspace = nullptr;
+    s.workspace_bytes = 0;  // stays consistent if the allocation below throws
     ZSQ_CUDA_CHECK(cudaMalloc(&s.workspace, bytes));
     s.workspace_bytes = bytes;
   }
