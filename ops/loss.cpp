@@ -1,6 +1,7 @@
 // Softmax family and losses on the CPU: row-wise loops over contiguous [N, K] logits parallelized
 // across rows, element-wise losses with double accumulation. Each loss returns a 0-d tensor and records
-// a backward that scales by the (scalar) upstream gradient.
+// a backward that scales by the (scalar) upstream gradient. CUDA tensors run the same ops through
+// ops/cuda/loss.cu; their backward passes read the upstream gradient on the device (no g.item()).
 #include "ops/loss.h"
 
 #include <cmath>
@@ -10,6 +11,7 @@
 
 #include "engine/autograd.h"
 #include "ops/cpu/kernels.h"
+#include "ops/cuda/loss.h"
 
 namespace zsq::ops {
 
@@ -19,8 +21,12 @@ void check_matrix(const char* op, const char* name, const Tensor& x) {
   ZSQ_CHECK(x.defined(), "{}: undefined {}", op, name);
   ZSQ_CHECK(x.dim() == 2 && x.dtype() == DType::f32, "{}: {} must be 2-D f32 [N, K], got {}", op, name,
             x.str());
-  ZSQ_CHECK(x.device().is_cpu(), "{}: {} must be a CPU tensor, got {} on {}", op, name, x.str(),
-            x.device().str());
+}
+
+// Operands of one op live on one device.
+void check_same_device(const char* op, const Tensor& a, const Tensor& b) {
+  ZSQ_CHECK(a.device() == b.device(), "{}: operands are on different devices: {} on {} and {} on {}", op,
+            a.str(), a.device().str(), b.str(), b.device().str());
 }
 
 void check_pair(const char* op, const Tensor& a, const Tensor& b) {
@@ -28,6 +34,7 @@ void check_pair(const char* op, const Tensor& a, const Tensor& b) {
   ZSQ_CHECK(a.dtype() == DType::f32 && b.dtype() == DType::f32, "{}: f32 operands expected, got {} and {}",
             op, a.str(), b.str());
   ZSQ_CHECK(a.shape() == b.shape(), "{}: shapes differ: {} vs {}", op, a.str(), b.str());
+  check_same_device(op, a, b);
 }
 
 // b read in a's memory format (a copy only when the formats really differ).
@@ -71,23 +78,67 @@ float upstream(const Tensor& g) {
   return g.item();
 }
 
+#if ZSQ_WITH_CUDA
+// mse / l1 / kl_div on CUDA: a and b (b already in a's format) reduce to loss = sum(term) / divisor;
+// inputs are the op's own operands, for the autograd record. kl_div's backward scales by 1 / batch.
+Tensor pair_loss_cuda(const char* name, cuda::PairLoss kind, const std::vector<Tensor>& inputs,
+                      const Tensor& a, const Tensor& b, double divisor, float batch) {
+  const auto n = a.numel();
+  Tensor out = Tensor::empty({}, DType::f32, MemoryFormat::contiguous, a.device());
+  cuda::pair_loss_forward(kind, a.cuda_f32(), b.cuda_f32(), n, divisor, out.cuda_f32());
+  Tensor sa = a.detach(), sb = b.detach();
+  return record(out, name, inputs, [=](const Tensor& g, const std::vector<bool>& needs) {
+    auto grad = [&](bool needed) {
+      return needed ? Tensor::empty(sa.shape(), DType::f32, sa.format(), sa.device()) : Tensor();
+    };
+    Tensor ga = grad(needs[0]), gb = grad(needs[1]);
+    float* pa = ga.defined() ? ga.cuda_f32() : nullptr;
+    float* pb = gb.defined() ? gb.cuda_f32() : nullptr;
+    switch (kind) {
+      case cuda::PairLoss::mse:
+        cuda::mse_backward(g.cuda_f32(), sa.cuda_f32(), sb.cuda_f32(), n, pa, pb);
+        break;
+      case cuda::PairLoss::l1:
+        cuda::l1_backward(g.cuda_f32(), sa.cuda_f32(), sb.cuda_f32(), n, pa, pb);
+        break;
+      case cuda::PairLoss::kl_div:
+        cuda::kl_div_backward(g.cuda_f32(), sa.cuda_f32(), sb.cuda_f32(), n, batch, pa, pb);
+        break;
+    }
+    return std::vector<Tensor>{ga, gb};
+  });
+}
+#endif
+
 }  // namespace
 
 Tensor softmax(const Tensor& x) {
   check_matrix("softmax", "input", x);
   const auto N = x.size(0), K = x.size(1);
-  Tensor y = Tensor::empty({N, K});
-  const float* px = x.f32();
-  float* py = y.f32();
+  Tensor y = Tensor::empty({N, K}, DType::f32, MemoryFormat::contiguous, x.device());
+  if (x.is_cuda()) {
+#if ZSQ_WITH_CUDA
+    cuda::softmax_rows(x.cuda_f32(), N, K, false, y.cuda_f32());
+#endif
+  } else {
+    const float* px = x.f32();
+    float* py = y.f32();
 #pragma omp parallel for schedule(static) if (parallel_rows(N, K))
-  for (std::int64_t n = 0; n < N; ++n) {
-    const auto [m, log_s] = row_stats(px + n * K, K);
-    for (std::int64_t j = 0; j < K; ++j) py[n * K + j] = std::exp((px[n * K + j] - m) - log_s);
+    for (std::int64_t n = 0; n < N; ++n) {
+      const auto [m, log_s] = row_stats(px + n * K, K);
+      for (std::int64_t j = 0; j < K; ++j) py[n * K + j] = std::exp((px[n * K + j] - m) - log_s);
+    }
   }
   Tensor saved = y.detach();
   return record(y, "softmax", {x}, [saved](const Tensor& g, const std::vector<bool>&) {
     const auto N = saved.size(0), K = saved.size(1);
-    Tensor gx = Tensor::empty({N, K});
+    Tensor gx = Tensor::empty({N, K}, DType::f32, MemoryFormat::contiguous, saved.device());
+#if ZSQ_WITH_CUDA
+    if (saved.is_cuda()) {
+      cuda::softmax_backward(g.cuda_f32(), saved.cuda_f32(), N, K, gx.cuda_f32());
+      return std::vector<Tensor>{gx};
+    }
+#endif
     const float* pg = g.f32();
     const float* ps = saved.f32();
     float* po = gx.f32();
@@ -108,19 +159,31 @@ Tensor softmax(const Tensor& x) {
 Tensor log_softmax(const Tensor& x) {
   check_matrix("log_softmax", "input", x);
   const auto N = x.size(0), K = x.size(1);
-  Tensor y = Tensor::empty({N, K});
-  const float* px = x.f32();
-  float* py = y.f32();
+  Tensor y = Tensor::empty({N, K}, DType::f32, MemoryFormat::contiguous, x.device());
+  if (x.is_cuda()) {
+#if ZSQ_WITH_CUDA
+    cuda::softmax_rows(x.cuda_f32(), N, K, true, y.cuda_f32());
+#endif
+  } else {
+    const float* px = x.f32();
+    float* py = y.f32();
 #pragma omp parallel for schedule(static) if (parallel_rows(N, K))
-  for (std::int64_t n = 0; n < N; ++n) {
-    const auto [m, log_s] = row_stats(px + n * K, K);
+    for (std::int64_t n = 0; n < N; ++n) {
+      const auto [m, log_s] = row_stats(px + n * K, K);
 #pragma omp simd
-    for (std::int64_t j = 0; j < K; ++j) py[n * K + j] = (px[n * K + j] - m) - log_s;
+      for (std::int64_t j = 0; j < K; ++j) py[n * K + j] = (px[n * K + j] - m) - log_s;
+    }
   }
   Tensor saved = y.detach();
   return record(y, "log_softmax", {x}, [saved](const Tensor& g, const std::vector<bool>&) {
     const auto N = saved.size(0), K = saved.size(1);
-    Tensor gx = Tensor::empty({N, K});
+    Tensor gx = Tensor::empty({N, K}, DType::f32, MemoryFormat::contiguous, saved.device());
+#if ZSQ_WITH_CUDA
+    if (saved.is_cuda()) {
+      cuda::log_softmax_backward(g.cuda_f32(), saved.cuda_f32(), N, K, gx.cuda_f32());
+      return std::vector<Tensor>{gx};
+    }
+#endif
     const float* pg = g.f32();
     const float* ps = saved.f32();
     float* po = gx.f32();
@@ -144,7 +207,26 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels, float label_smo
             labels.str());
   ZSQ_CHECK(label_smoothing >= 0.0f && label_smoothing < 1.0f,
             "cross_entropy: label_smoothing must be in [0, 1), got {}", label_smoothing);
+  check_same_device("cross_entropy", logits, labels);
   const auto N = logits.size(0), K = logits.size(1);
+#if ZSQ_WITH_CUDA
+  if (logits.is_cuda()) {
+    // The labels' range is checked by the kernels (a label out of range makes the loss NaN): checking it
+    // here would copy them to the host and wait for the GPU.
+    const Device device = logits.device();
+    Tensor out = Tensor::empty({}, DType::f32, MemoryFormat::contiguous, device);
+    Tensor stats = Tensor::empty({N, 2}, DType::f32, MemoryFormat::contiguous, device);
+    cuda::cross_entropy_forward(logits.cuda_f32(), labels.device_data<std::int32_t>(), N, K, label_smoothing,
+                                stats.cuda_f32(), out.cuda_f32());
+    Tensor saved_x = logits.detach(), saved_y = labels.clone();  // the caller may reuse its label buffer
+    return record(out, "cross_entropy", {logits}, [=](const Tensor& g, const std::vector<bool>&) {
+      Tensor gx = Tensor::empty({N, K}, DType::f32, MemoryFormat::contiguous, device);
+      cuda::cross_entropy_backward(g.cuda_f32(), saved_x.cuda_f32(), saved_y.device_data<std::int32_t>(),
+                                   stats.cuda_f32(), N, K, label_smoothing, gx.cuda_f32());
+      return std::vector<Tensor>{gx};
+    });
+  }
+#endif
   const std::int32_t* pl = labels.data<std::int32_t>();
   for (std::int64_t n = 0; n < N; ++n)
     ZSQ_CHECK(pl[n] >= 0 && pl[n] < K,
@@ -193,6 +275,10 @@ Tensor kl_div(const Tensor& log_input, const Tensor& target) {
   const auto n = log_input.numel();
   const float batch = static_cast<float>(log_input.size(0));
   Tensor t = like(target, log_input);
+#if ZSQ_WITH_CUDA
+  if (log_input.is_cuda())
+    return pair_loss_cuda("kl_div", cuda::PairLoss::kl_div, {log_input, target}, log_input, t, batch, batch);
+#endif
   const float* px = log_input.f32();
   const float* pt = t.f32();
   // PyTorch: xlogy(t, t) - t * x, where xlogy(0, 0) = 0 (and t < 0 gives NaN).
@@ -228,6 +314,10 @@ Tensor mse(const Tensor& a, const Tensor& b) {
   check_pair("mse", a, b);
   const auto n = a.numel();
   Tensor bb = like(b, a);
+#if ZSQ_WITH_CUDA
+  if (a.is_cuda())
+    return pair_loss_cuda("mse", cuda::PairLoss::mse, {a, b}, a, bb, static_cast<double>(n), 1.0f);
+#endif
   const float* pa = a.f32();
   const float* pb = bb.f32();
   const double total = parallel_sum(n, [=](std::int64_t i) {
@@ -253,6 +343,10 @@ Tensor l1(const Tensor& a, const Tensor& b) {
   check_pair("l1", a, b);
   const auto n = a.numel();
   Tensor bb = like(b, a);
+#if ZSQ_WITH_CUDA
+  if (a.is_cuda())
+    return pair_loss_cuda("l1", cuda::PairLoss::l1, {a, b}, a, bb, static_cast<double>(n), 1.0f);
+#endif
   const float* pa = a.f32();
   const float* pb = bb.f32();
   const double total =
@@ -277,7 +371,25 @@ Tensor embedding(const Tensor& table, const Tensor& indices) {
   check_matrix("embedding", "table", table);
   ZSQ_CHECK(indices.defined() && indices.dtype() == DType::s32, "embedding: indices must be s32, got {}",
             indices.str());
+  check_same_device("embedding", table, indices);
   const auto V = table.size(0), D = table.size(1), N = indices.numel();
+#if ZSQ_WITH_CUDA
+  if (table.is_cuda()) {
+    // Indices are range-checked by the kernels (an out-of-range index gives a NaN row and no gradient):
+    // checking them here would copy them to the host and wait for the GPU.
+    Shape out_shape = indices.shape();
+    out_shape.push_back(D);
+    Tensor out = Tensor::empty(out_shape, DType::f32, MemoryFormat::contiguous, table.device());
+    cuda::embedding_forward(table.cuda_f32(), indices.device_data<std::int32_t>(), N, V, D, out.cuda_f32());
+    Tensor saved = indices.clone();  // the caller may refill its buffer before backward runs
+    return record(out, "embedding", {table}, [=](const Tensor& g, const std::vector<bool>&) {
+      Tensor gc = g.to_format(MemoryFormat::contiguous);
+      Tensor gt = Tensor::zeros({V, D}, DType::f32, MemoryFormat::contiguous, gc.device());
+      cuda::embedding_backward(gc.cuda_f32(), saved.device_data<std::int32_t>(), N, V, D, gt.cuda_f32());
+      return std::vector<Tensor>{gt};
+    });
+  }
+#endif
   const std::int32_t* pi = indices.data<std::int32_t>();
   for (std::int64_t i = 0; i < N; ++i)
     ZSQ_CHECK(pi[i] >= 0 && pi[i] < V,

@@ -3,9 +3,11 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <string>
 #include <vector>
 
 #include "engine/autograd.h"
+#include "ops/cuda/moment_matching.h"
 
 namespace zsq::ops {
 
@@ -38,18 +40,46 @@ std::vector<double> channel_sums(const float* x, std::int64_t rows, std::int64_t
   return total;
 }
 
+#if ZSQ_WITH_CUDA
+// The CUDA path reads x in its own format (no channels-last copy): ops/cuda/moment_matching.cu reduces
+// NCHW by warp rows and channels_last by float4 columns, both summing in double as here.
+Tensor moment_matching_cuda(const Tensor& x, const Tensor& target_mean, const Tensor& target_var) {
+  const std::int64_t N = x.size(0), C = x.size(1);
+  const std::int64_t spatial = x.dim() == 4 ? x.size(2) * x.size(3) : 1;
+  // [N, C] and a 4-D map with C == 1 or H*W == 1 read the same in both formats: channels innermost.
+  const bool channels_last = x.dim() == 2 || x.is_layout_equivalent(MemoryFormat::channels_last);
+  const Device device = x.device();
+  Tensor stats = Tensor::empty({3, C}, DType::f32, MemoryFormat::contiguous, device);  // mean, gaps
+  Tensor out = Tensor::empty({}, DType::f32, MemoryFormat::contiguous, device);
+  cuda::moment_matching_forward(x.cuda_f32(), N, C, spatial, channels_last, target_mean.cuda_f32(),
+                                target_var.cuda_f32(), stats.cuda_f32(), out.cuda_f32());
+  Tensor saved = x.requires_grad() ? x.detach() : Tensor();
+  return record(out, "moment_matching_loss", {x}, [=](const Tensor& g, const std::vector<bool>&) {
+    Tensor dx = Tensor::empty(saved.shape(), DType::f32, saved.format(), device);
+    cuda::moment_matching_backward(g.cuda_f32(), saved.cuda_f32(), stats.cuda_f32(), N, C, spatial,
+                                   channels_last, dx.cuda_f32());
+    return std::vector<Tensor>{dx};
+  });
+}
+#endif
+
 }  // namespace
 
 Tensor moment_matching_loss(const Tensor& x_in, const Tensor& target_mean, const Tensor& target_var) {
-  ZSQ_CHECK(x_in.defined() && x_in.dtype() == DType::f32 && x_in.device().is_cpu() &&
-                (x_in.dim() == 4 || x_in.dim() == 2),
-            "moment_matching_loss: x must be an f32 CPU tensor [N, C, H, W] or [N, C], got {}", x_in.str());
+  ZSQ_CHECK(x_in.defined() && x_in.dtype() == DType::f32 && (x_in.dim() == 4 || x_in.dim() == 2),
+            "moment_matching_loss: x must be an f32 tensor [N, C, H, W] or [N, C], got {}",
+            x_in.defined() ? x_in.str() : "undefined");
   const std::int64_t C = x_in.size(1);
+  const std::string where = x_in.is_cuda() ? x_in.device().str() : "CPU";
   for (const Tensor* t : {&target_mean, &target_var})
-    ZSQ_CHECK(t->defined() && t->dtype() == DType::f32 && t->device().is_cpu() && t->shape() == Shape{C},
-              "moment_matching_loss: targets must be f32 CPU [{}] for x {}, got {}", C, x_in.str(),
-              t->defined() ? t->str() : "undefined");
+    ZSQ_CHECK(
+        t->defined() && t->dtype() == DType::f32 && t->device() == x_in.device() && t->shape() == Shape{C},
+        "moment_matching_loss: targets must be f32 {} [{}] for x {} on {}, got {}", where, C, x_in.str(),
+        x_in.device().str(), t->defined() ? t->str() + " on " + t->device().str() : "undefined");
   ZSQ_CHECK(x_in.numel() > 0, "moment_matching_loss: empty input {}", x_in.str());
+#if ZSQ_WITH_CUDA
+  if (x_in.is_cuda()) return moment_matching_cuda(x_in, target_mean, target_var);
+#endif
   // Channels innermost: every row of C values is one (n, h, w) position.
   const Tensor x = x_in.dim() == 4 ? x_in.to_format(MemoryFormat::channels_last) : x_in;
   const std::int64_t rows = x.numel() / C;

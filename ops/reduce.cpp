@@ -6,6 +6,7 @@
 //   ... (kept) x run (reduced)      each output is a sum of contiguous runs (row sums, NCHW per-channel).
 //   ... x run (kept)                each reduced combination adds a contiguous run into the output.
 // Accumulation is in double; the backward passes broadcast the output gradient with the same plan.
+// A CUDA tensor takes the same merged dims to ops/cuda/reduce.cu (two-level double reductions).
 #include "ops/reduce.h"
 
 #include <omp.h>
@@ -17,12 +18,18 @@
 
 #include "engine/autograd.h"
 #include "ops/cpu/kernels.h"
+#include "ops/cuda/reduce.h"
 
 namespace zsq::ops {
 
 namespace {
 
 constexpr std::int64_t kChunk = 4096;  // elements of a contiguous run handled by one task
+
+struct Dim {
+  std::int64_t size, in_stride, out_stride;
+  bool reduced;
+};
 
 struct Plan {
   Shape out_shape;
@@ -38,11 +45,8 @@ struct Plan {
   // Otherwise: every combination of the outer kept dims (input and output offsets) and of the outer
   // reduced dims (input offsets).
   std::vector<std::int64_t> kept_in, kept_out, red_in;
-};
-
-struct Dim {
-  std::int64_t size, in_stride, out_stride;
-  bool reduced;
+  // The merged dims in memory order (outermost first); the CUDA path's whole description.
+  std::vector<Dim> dims;
 };
 
 // Enumerates the offsets of all index combinations of `dims` (outermost first) in row-major order.
@@ -72,7 +76,6 @@ void enumerate(const std::vector<Dim>& dims, std::vector<std::int64_t>& in, std:
 Plan make_plan(const char* op, const Tensor& x, const std::vector<std::int64_t>& axes, bool keepdim) {
   ZSQ_CHECK(x.defined(), "{}: undefined input", op);
   ZSQ_CHECK(x.dtype() == DType::f32, "{}: f32 input expected, got {}", op, x.str());
-  ZSQ_CHECK(x.device().is_cpu(), "{}: CPU tensor expected, got {} on {}", op, x.str(), x.device().str());
   const auto nd = x.dim();
   const Shape& s = x.shape();
   std::vector<bool> red(static_cast<std::size_t>(nd), axes.empty());
@@ -128,6 +131,8 @@ Plan make_plan(const char* op, const Tensor& x, const std::vector<std::int64_t>&
     dims.push_back(cur);
   }
   if (dims.empty()) dims.push_back({1, 1, 0, true});  // a single element
+  p.dims = dims;
+  if (x.is_cuda()) return p;  // the offset tables below are for the CPU loops
   const Dim inner = dims.back();
   dims.pop_back();
   p.run = inner.size;
@@ -315,12 +320,34 @@ Tensor contiguous_grad(const Tensor& g) {
   return g.to_format(MemoryFormat::contiguous);
 }
 
+#if ZSQ_WITH_CUDA
+cuda::ReduceLayout cuda_layout(const Plan& p) {
+  ZSQ_CHECK(p.dims.size() <= static_cast<std::size_t>(cuda::kMaxReduceDims),
+            "reductions on CUDA handle at most {} dims after merging, got {}", cuda::kMaxReduceDims,
+            p.dims.size());
+  cuda::ReduceLayout l;
+  l.ndim = static_cast<int>(p.dims.size());
+  for (std::size_t k = 0; k < p.dims.size(); ++k) {
+    l.size[k] = p.dims[k].size;
+    l.out_stride[k] = p.dims[k].reduced ? 0 : p.dims[k].out_stride;
+    l.reduced[k] = p.dims[k].reduced;
+  }
+  return l;
+}
+#endif
+
 // d/dx of sum(x) * scale: the output gradient broadcast back over the reduced axes, in x's format.
 Tensor broadcast_grad(const std::shared_ptr<const Plan>& plan, const Shape& x_shape, MemoryFormat format,
                       const Tensor& g, float scale) {
   Tensor gc = contiguous_grad(g);
-  Tensor out = Tensor::empty(x_shape, DType::f32, format);
+  Tensor out = Tensor::empty(x_shape, DType::f32, format, g.device());
   if (out.numel() == 0) return out;
+#if ZSQ_WITH_CUDA
+  if (out.is_cuda()) {
+    cuda::reduce_broadcast_backward(gc.cuda_f32(), cuda_layout(*plan), scale, out.cuda_f32());
+    return out;
+  }
+#endif
   broadcast_kernel(*plan, gc.f32(), out.f32(),
                    [=](float gv, std::int64_t, std::int64_t) { return gv * scale; });
   return out;
@@ -334,7 +361,13 @@ Tensor reduce_sum(const char* op, Kind kind, const Tensor& x, const std::vector<
   const double scale = kind == Kind::mean ? 1.0 / static_cast<double>(plan->count) : 1.0;
   Tensor out;
   if (x.numel() == 0) {
-    out = Tensor::full(plan->out_shape, kind == Kind::mean ? std::numeric_limits<float>::quiet_NaN() : 0.0f);
+    out = Tensor::full(plan->out_shape, kind == Kind::mean ? std::numeric_limits<float>::quiet_NaN() : 0.0f,
+                       MemoryFormat::contiguous, x.device());
+#if ZSQ_WITH_CUDA
+  } else if (x.is_cuda()) {
+    out = Tensor::empty(plan->out_shape, DType::f32, MemoryFormat::contiguous, x.device());
+    cuda::reduce_sum(x.cuda_f32(), cuda_layout(*plan), scale, out.cuda_f32());
+#endif
   } else {
     std::vector<double> acc(static_cast<std::size_t>(plan->out_numel));
     reduce_kernel(*plan, x.f32(), acc.data(), [](float v, std::int64_t) { return v; });
@@ -361,10 +394,22 @@ Tensor variance(const Tensor& x, const std::vector<std::int64_t>& axes, bool kee
   auto plan = std::make_shared<const Plan>(make_plan("variance", x, axes, keepdim));
   const double denom = static_cast<double>(plan->count) - (unbiased ? 1.0 : 0.0);
   // Means rounded to float: deviations x - mean are then formed exactly enough in float lanes.
-  auto means = std::make_shared<std::vector<float>>(static_cast<std::size_t>(plan->out_numel));
+  // (A CUDA tensor keeps them in means_gpu, on its device.)
+  auto means =
+      std::make_shared<std::vector<float>>(x.is_cuda() ? 0 : static_cast<std::size_t>(plan->out_numel));
+  Tensor means_gpu;
   Tensor out;
   if (x.numel() == 0) {
-    out = Tensor::full(plan->out_shape, std::numeric_limits<float>::quiet_NaN());
+    out = Tensor::full(plan->out_shape, std::numeric_limits<float>::quiet_NaN(), MemoryFormat::contiguous,
+                       x.device());
+#if ZSQ_WITH_CUDA
+  } else if (x.is_cuda()) {
+    const cuda::ReduceLayout layout = cuda_layout(*plan);
+    means_gpu = Tensor::empty({plan->out_numel}, DType::f32, MemoryFormat::contiguous, x.device());
+    cuda::reduce_mean(x.cuda_f32(), layout, means_gpu.cuda_f32());
+    out = Tensor::empty(plan->out_shape, DType::f32, MemoryFormat::contiguous, x.device());
+    cuda::reduce_squared_deviation(x.cuda_f32(), layout, means_gpu.cuda_f32(), 1.0 / denom, out.cuda_f32());
+#endif
   } else {
     // Two passes (mean, then squared deviations) for accuracy when |mean| >> stddev.
     std::vector<double> acc(means->size());
@@ -382,6 +427,15 @@ Tensor variance(const Tensor& x, const std::vector<std::int64_t>& axes, bool kee
   return record(out, "variance", {x}, [=](const Tensor& g, const std::vector<bool>&) {
     // d var / dx = 2 (x - mean) / denom: per output o, grad = coef[o] * (x - mean[o]).
     Tensor gc = contiguous_grad(g);
+#if ZSQ_WITH_CUDA
+    if (saved.is_cuda()) {
+      Tensor grad = Tensor::empty(saved.shape(), DType::f32, saved.format(), saved.device());
+      if (grad.numel() > 0)
+        cuda::variance_backward(gc.cuda_f32(), saved.cuda_f32(), means_gpu.cuda_f32(), cuda_layout(*plan),
+                                2.0 / denom, grad.cuda_f32());
+      return std::vector<Tensor>{grad};
+    }
+#endif
     Tensor coef = Tensor::empty({plan->out_numel});
     const float* pg = gc.f32();
     float* pc = coef.f32();
