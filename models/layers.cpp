@@ -5,6 +5,9 @@
 #include "engine/autograd.h"
 #include "ops/elementwise.h"
 #include "ops/linear.h"
+#if ZSQ_WITH_CUDA
+#include "ops/cuda/bn_fold.h"
+#endif
 
 namespace zsq::models {
 
@@ -97,6 +100,16 @@ Tensor ConvBnAct::forward_unquantized(const Tensor& x, const Tensor& residual, b
   const Tensor source = conv->effective_weight();
   const auto out = source.size(0);
   const auto per_out = source.numel() / out;
+#if ZSQ_WITH_CUDA
+  if (source.is_cuda()) {  // the same fold, computed where the weights and BN statistics live
+    Tensor w = Tensor::empty(source.shape(), DType::f32, source.format(), source.device());
+    Tensor b = Tensor::empty({out}, DType::f32, MemoryFormat::contiguous, source.device());
+    cuda::fold_conv_bn(source.cuda_f32(), conv->bias.defined() ? conv->bias.cuda_f32() : nullptr,
+                       bn->weight.cuda_f32(), bn->bias.cuda_f32(), bn->running_mean.cuda_f32(),
+                       bn->running_var.cuda_f32(), bn->eps(), out, per_out, w.cuda_f32(), b.cuda_f32());
+    return ops::conv2d_fused_inference(x, w, b, conv->params(), {residual, relu_after});
+  }
+#endif
   Tensor w = Tensor::empty(source.shape());
   Tensor b = Tensor::empty({out});
   const float *w0 = source.f32(), *gamma = bn->weight.f32(), *beta = bn->bias.f32();

@@ -17,13 +17,18 @@
 // the reference and the AVX-512 path: an IEEE division x / delta (not a multiply by 1/delta), rounding,
 // clamp, one multiply. The two paths therefore agree bit for bit (NaN inputs stay NaN in both).
 //
-// Layout: x may be any f32 CPU tensor; a 4-D x may be contiguous or channels-last. Per-channel
+// Layout: x may be any f32 tensor (CPU or CUDA); a 4-D x may be contiguous or channels-last. Per-channel
 // quantization is along dim 0 (a conv weight's output channel, a linear weight's row). In both 4-D
 // formats dim 0 is outermost, so each channel is one contiguous block of memory. Outputs take x's format.
 //
 // Backward: straight-through. The default passes the upstream gradient unchanged (§0). With
 // clipped_ste, the gradient is zeroed where x lies outside the representable range
 // [qmin*delta, qmax*delta] (the grid endpoints, not [lo, hi]). No gradient flows to lo or hi.
+//
+// CUDA: every op here runs on a CUDA x (range tensors on the same device; inputs on different devices are
+// refused), with outputs bit-identical to the CPU's and no host synchronization: ranges held in tensors
+// are turned into grids on the device (ops/cuda/fake_quant.h). A range the CPU path refuses with an
+// exception therefore gives NaN outputs on the GPU instead (see ops/cuda/fake_quant.h).
 #pragma once
 #include <cstdint>
 #include <utility>
@@ -49,6 +54,9 @@ struct FakeQuantGrid {
   float lo_edge() const { return qmin * delta; }  // the smallest output (clipped-STE lower bound)
   float hi_edge() const { return qmax * delta; }  // the largest output
 };
+
+// The number of grid steps: 2^bits - 1 (asymmetric) or 2^(bits-1) - 1 (symmetric), after checking bits.
+double fake_quant_levels(const FakeQuantSpec& spec);
 
 // The single definition of the grid both paths use. Validates bits and lo <= hi (finite); throws when
 // the grid is not representable in f32 (|lo| / delta overflows, e.g. a degenerate range far from 0).

@@ -5,16 +5,88 @@
 
 #include "engine/autograd.h"
 #include "ops/fake_quant.h"
+#if ZSQ_WITH_CUDA
+#include "ops/cuda/fake_quant.h"
+#endif
 
 namespace zsq::ops {
 
+namespace {
+
+void check_same_device(const char* op, const char* name, const Tensor& t, const Tensor& x) {
+  ZSQ_CHECK(t.device() == x.device(), "{}: {} {} is on {} but its input {} is on {}", op, name, t.str(),
+            t.device().str(), x.str(), x.device().str());
+}
+
+#if ZSQ_WITH_CUDA
+// The learned range on the GPU: hi stays on the device (its grid is computed there, so no step reads it
+// back); a hi that is not finite and > 0 gives NaN outputs instead of the CPU's exception.
+Tensor learned_range_cuda(const Tensor& x, const Tensor& hi, int bits) {
+  const FakeQuantSpec spec{bits, false, false};
+  Tensor table = Tensor::empty({3, 1}, DType::f32, MemoryFormat::contiguous, x.device());
+  cuda::fake_quant_grids(nullptr, hi.cuda_f32(), 1, fake_quant_levels(spec), false, table.cuda_f32());
+  Tensor out = Tensor::empty(x.shape(), DType::f32, x.format(), x.device());
+  cuda::fake_quant_apply(x.cuda_f32(), out.cuda_f32(), 1, x.numel(),
+                         cuda::FakeQuantGridArg{table.cuda_f32()});
+  if (!any_requires_grad({&x, &hi})) return out;
+  Tensor saved = x.detach();
+  return record(
+      out, "fake_quant_learned_range", {x, hi},
+      [saved, table, hi_shape = hi.shape()](const Tensor& g, const std::vector<bool>& needs) {
+        const Tensor gg = g.format() == saved.format() ? g : g.to_format(saved.format());
+        Tensor dx =
+            needs[0] ? Tensor::empty(saved.shape(), DType::f32, saved.format(), saved.device()) : Tensor();
+        Tensor dhi = needs[1] ? Tensor::empty(hi_shape, DType::f32, MemoryFormat::contiguous, saved.device())
+                              : Tensor();
+        cuda::fake_quant_range_backward(gg.cuda_f32(), saved.cuda_f32(), needs[0] ? dx.cuda_f32() : nullptr,
+                                        1, saved.numel(), table.cuda_f32(), nullptr,
+                                        needs[1] ? dhi.cuda_f32() : nullptr);
+        return std::vector<Tensor>{dx, dhi};
+      });
+}
+
+Tensor per_channel_ratio_cuda(const Tensor& w, const Tensor& ratio, const FakeQuantSpec& spec) {
+  const auto [lo, hi] = ratio_channel_ranges(w, ratio);
+  const auto channels = w.size(0);
+  const std::int64_t inner = channels == 0 ? 0 : w.numel() / channels;
+  Tensor table = Tensor::empty({3, channels}, DType::f32, MemoryFormat::contiguous, w.device());
+  cuda::fake_quant_grids(lo.cuda_f32(), hi.cuda_f32(), channels, fake_quant_levels(spec), spec.symmetric,
+                         table.cuda_f32());
+  Tensor out = Tensor::empty(w.shape(), DType::f32, w.format(), w.device());
+  cuda::fake_quant_apply(w.cuda_f32(), out.cuda_f32(), channels, inner,
+                         cuda::FakeQuantGridArg{table.cuda_f32()});
+  if (!any_requires_grad({&w, &ratio})) return out;
+  Tensor saved = w.detach();
+  Tensor r = ratio.detach().clone();  // the forward's ratios, as the CPU path's copy
+  return record(
+      out, "fake_quant_per_channel_ratio", {w, ratio},
+      [saved, table, r, channels, inner](const Tensor& g, const std::vector<bool>& needs) {
+        const Tensor gg = g.format() == saved.format() ? g : g.to_format(saved.format());
+        Tensor dw =
+            needs[0] ? Tensor::empty(saved.shape(), DType::f32, saved.format(), saved.device()) : Tensor();
+        Tensor dr = needs[1] ? Tensor::empty({channels}, DType::f32, MemoryFormat::contiguous, saved.device())
+                             : Tensor();
+        cuda::fake_quant_range_backward(gg.cuda_f32(), saved.cuda_f32(), needs[0] ? dw.cuda_f32() : nullptr,
+                                        channels, inner, table.cuda_f32(), r.cuda_f32(),
+                                        needs[1] ? dr.cuda_f32() : nullptr);
+        return std::vector<Tensor>{dw, dr};
+      });
+}
+#endif
+
+}  // namespace
+
 Tensor fake_quant_learned_range(const Tensor& x, const Tensor& hi, int bits) {
   constexpr const char* op = "fake_quant_learned_range";
-  ZSQ_CHECK(x.defined() && x.dtype() == DType::f32 && x.device().is_cpu(),
-            "{}: x must be an f32 CPU tensor, got {}", op, x.defined() ? x.str() : std::string("undefined"));
-  ZSQ_CHECK(hi.defined() && hi.dtype() == DType::f32 && hi.device().is_cpu() && hi.numel() == 1,
-            "{}: hi must be an f32 CPU tensor of one element, got {}", op,
+  ZSQ_CHECK(x.defined() && x.dtype() == DType::f32, "{}: x must be an f32 tensor, got {}", op,
+            x.defined() ? x.str() : std::string("undefined"));
+  ZSQ_CHECK(hi.defined() && hi.dtype() == DType::f32 && hi.numel() == 1,
+            "{}: hi must be an f32 tensor of one element, got {}", op,
             hi.defined() ? hi.str() : std::string("undefined"));
+  check_same_device(op, "hi", hi, x);
+#if ZSQ_WITH_CUDA
+  if (x.is_cuda()) return learned_range_cuda(x, hi, bits);
+#endif
   const float range_hi = hi.detach().to_vector()[0];
   ZSQ_CHECK(std::isfinite(range_hi) && range_hi > 0.0f,
             "{}: the learned range [0, {}] must have a finite hi > 0", op, range_hi);
@@ -55,14 +127,24 @@ Tensor fake_quant_learned_range(const Tensor& x, const Tensor& hi, int bits) {
 
 std::pair<Tensor, Tensor> ratio_channel_ranges(const Tensor& w, const Tensor& ratio) {
   constexpr const char* op = "fake_quant_per_channel_ratio";
-  ZSQ_CHECK(w.defined() && w.dtype() == DType::f32 && w.device().is_cpu() && w.dim() >= 1,
-            "{}: w must be an f32 CPU tensor with a channel dimension, got {}", op,
+  ZSQ_CHECK(w.defined() && w.dtype() == DType::f32 && w.dim() >= 1,
+            "{}: w must be an f32 tensor with a channel dimension, got {}", op,
             w.defined() ? w.str() : std::string("undefined"));
-  ZSQ_CHECK(ratio.defined() && ratio.dtype() == DType::f32 && ratio.device().is_cpu() && ratio.dim() == 1 &&
-                ratio.size(0) == w.size(0),
+  ZSQ_CHECK(ratio.defined() && ratio.dtype() == DType::f32 && ratio.dim() == 1 && ratio.size(0) == w.size(0),
             "{}: ratio must be f32 [{}] (one per output channel of w {}), got {}", op, w.size(0), w.str(),
             ratio.defined() ? ratio.str() : std::string("undefined"));
+  check_same_device(op, "ratio", ratio, w);
   auto [lo, hi] = channel_min_max(w.detach());
+#if ZSQ_WITH_CUDA
+  // A ratio that is not finite and > 0 gives NaN ranges here instead of the CPU's exception.
+  if (w.is_cuda()) {
+    Tensor lo_r = Tensor::empty({w.size(0)}, DType::f32, MemoryFormat::contiguous, w.device());
+    Tensor hi_r = Tensor::empty({w.size(0)}, DType::f32, MemoryFormat::contiguous, w.device());
+    cuda::ratio_ranges(lo.cuda_f32(), hi.cuda_f32(), ratio.cuda_f32(), w.size(0), lo_r.cuda_f32(),
+                       hi_r.cuda_f32());
+    return {lo_r, hi_r};
+  }
+#endif
   const auto r = ratio.detach().to_vector();
   for (std::int64_t c = 0; c < w.size(0); ++c) {
     ZSQ_CHECK(std::isfinite(r[c]) && r[c] > 0.0f, "{}: ratio[{}] = {} must be finite and > 0 (w {})", op, c,
@@ -74,6 +156,9 @@ std::pair<Tensor, Tensor> ratio_channel_ranges(const Tensor& w, const Tensor& ra
 }
 
 Tensor fake_quant_per_channel_ratio(const Tensor& w, const Tensor& ratio, const FakeQuantSpec& spec) {
+#if ZSQ_WITH_CUDA
+  if (w.is_cuda()) return per_channel_ratio_cuda(w, ratio, spec);
+#endif
   const auto [lo, hi] = ratio_channel_ranges(w, ratio);
   const auto channels = w.size(0);
   std::vector<FakeQuantGrid> grids(static_cast<std::size_t>(channels));

@@ -32,12 +32,15 @@ Tensor zeroq_distill(models::Classifier& teacher, const ZeroQOptions& o, Rng& rn
     had_grad.push_back(p.requires_grad());
     p.set_requires_grad(false);  // frozen: gradients flow to the pixels only
   }
-  Tensor images = randn({o.batch, 1, o.image_size, o.image_size}, rng);
+  // Drawn on the CPU (the same draws on either device), then moved to the teacher's device.
+  const Device device = teacher.device();
+  Tensor images = randn({o.batch, 1, o.image_size, o.image_size}, rng).to(device);
   images.set_requires_grad(true);
   Tensor labels = Tensor::empty({o.batch}, DType::s32);
   for (std::int64_t i = 0; i < o.batch; ++i)
     labels.data<std::int32_t>()[i] =
         static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(teacher.num_classes())));
+  labels = labels.to(device);
   Adam adam({images}, {.lr = o.lr});
   for (std::int64_t it = 0; it < o.iterations; ++it) {
     Tensor logits;

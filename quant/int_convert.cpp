@@ -138,6 +138,10 @@ IntegerModel convert_to_integer(Student& student, const InputSpec& input) {
             "integer export needs symmetric per-channel weights (quantize with --convention deploy); this "
             "student uses the '{}' convention",
             config.convention);
+  ZSQ_CHECK(student.model().device().is_cpu(),
+            "integer export reads the student's weights on the CPU; it is on {} (move it with "
+            "Student::to(Device::cpu()))",
+            student.model().device().str());
   auto* resnet = dynamic_cast<models::CifarResNet*>(&student.model());
   ZSQ_CHECK(resnet != nullptr, "integer export supports the CIFAR ResNets; '{}' is not one yet",
             student.spec().name);

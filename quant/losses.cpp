@@ -57,9 +57,15 @@ Tensor bns_loss_zeroq(const std::vector<Tensor>& inputs, const std::vector<model
     const auto* bn = bns[l];
     const std::vector<std::int64_t> axes{0, 2, 3};
     Tensor stddev = ops::sqrt(ops::add_scalar(ops::variance(inputs[l], axes), bn->eps()));
-    Tensor running_std = Tensor::empty({bn->channels()});
-    for (std::int64_t c = 0; c < bn->channels(); ++c)
-      running_std.f32()[c] = std::sqrt(bn->running_var.f32()[c] + bn->eps());
+    Tensor running_std;
+    if (bn->running_var.is_cuda()) {
+      // The same two f32 operations (add, IEEE sqrt) on the device; running_var needs no gradient.
+      running_std = ops::sqrt(ops::add_scalar(bn->running_var.detach(), bn->eps()));
+    } else {
+      running_std = Tensor::empty({bn->channels()});
+      for (std::int64_t c = 0; c < bn->channels(); ++c)
+        running_std.f32()[c] = std::sqrt(bn->running_var.f32()[c] + bn->eps());
+    }
     total = accumulate(total,
                        ops::add(l2(ops::mean(inputs[l], axes), bn->running_mean), l2(stddev, running_std)));
   }
@@ -77,11 +83,21 @@ Tensor bns_loss_gaussian_kl(const std::vector<Tensor>& inputs, const std::vector
     Tensor mu_hat = ops::mean(inputs[l], axes);
     Tensor var_hat = ops::add_scalar(ops::variance(inputs[l], axes), bn->eps());
     // Per-channel constants of the target Gaussian.
-    Tensor inv_two_var = Tensor::empty({C}), log_sigma = Tensor::empty({C});
-    for (std::int64_t c = 0; c < C; ++c) {
-      const float var = bn->running_var.f32()[c] + bn->eps();
-      inv_two_var.f32()[c] = 0.5f / var;
-      log_sigma.f32()[c] = 0.5f * std::log(var);
+    Tensor inv_two_var, log_sigma;
+    if (bn->running_var.is_cuda()) {
+      // On the device (no read-back per step): 1 / var as exp(-log var), within a few ulp of the CPU's
+      // division (there is no element-wise division op).
+      const Tensor log_var = ops::log(ops::add_scalar(bn->running_var.detach(), bn->eps()));
+      inv_two_var = ops::mul_scalar(ops::exp(ops::mul_scalar(log_var, -1.0f)), 0.5f);
+      log_sigma = ops::mul_scalar(log_var, 0.5f);
+    } else {
+      inv_two_var = Tensor::empty({C});
+      log_sigma = Tensor::empty({C});
+      for (std::int64_t c = 0; c < C; ++c) {
+        const float var = bn->running_var.f32()[c] + bn->eps();
+        inv_two_var.f32()[c] = 0.5f / var;
+        log_sigma.f32()[c] = 0.5f * std::log(var);
+      }
     }
     Tensor diff = ops::sub(mu_hat, bn->running_mean);
     // log sigma - log sigma_hat + (var_hat + diff^2) / (2 var) - 1/2, summed over channels.

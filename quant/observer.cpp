@@ -9,6 +9,9 @@
 
 #include "engine/check.h"
 #include "ops/cpu/kernels.h"
+#if ZSQ_WITH_CUDA
+#include "ops/cuda/quant_stats.h"
+#endif
 
 namespace zsq::quant {
 
@@ -24,20 +27,21 @@ struct Grid {
   double operator()(double v) const { return delta * std::clamp(std::nearbyint(v / delta), qlo, qhi); }
 };
 
-Tensor on_host(const Tensor& x) {
-  if (x.device().is_cpu()) return x;
-  Tensor host = Tensor::empty(x.shape(), x.dtype(), x.format(), Device::cpu());
-  host.copy_from(x);
-  return host;
-}
-
 }  // namespace
 
 std::pair<float, float> tensor_min_max(const Tensor& t) {
   ZSQ_CHECK(t.defined(), "observer: undefined tensor");
   ZSQ_CHECK(t.dtype() == DType::f32, "observer: f32 tensor expected, got {}", t.str());
   ZSQ_CHECK(t.numel() > 0, "observer: empty tensor {}", t.str());
-  const Tensor x = on_host(t);
+#if ZSQ_WITH_CUDA
+  if (t.is_cuda()) {
+    // Reduced on the device; only the three results come back (the observer's state is on the host).
+    const auto r = cuda::tensor_min_max(t.cuda_f32(), t.numel());
+    ZSQ_CHECK(r.non_finite == 0, "observer: {} non-finite values in {}", r.non_finite, t.str());
+    return {r.lo, r.hi};
+  }
+#endif
+  const Tensor& x = t;
   // Every element once, in memory order: the range does not depend on the layout.
   const float* __restrict p = x.f32();
   const std::int64_t n = x.numel();
@@ -208,10 +212,25 @@ void MseObserver::update(const Tensor& t) {
   const float new_hi = std::max({range_hi_, bmax, 0.0f});
   if (new_lo < range_lo_ || new_hi > range_hi_) rebin(new_lo, new_hi);
 
-  const Tensor x = on_host(t);
-  const float* p = x.f32();
-  const std::int64_t n = x.numel();
   const double lo = range_lo_, inv = inv_width(range_lo_, range_hi_);
+#if ZSQ_WITH_CUDA
+  if (t.is_cuda()) {
+    // The histogram is built on the device and only its bins come back (the bins' order of addition
+    // differs from the CPU's, so the sums may differ in the last bits of a double).
+    static_assert(cuda::kHistogramBins == kBins);
+    std::vector<double> count(kBins), sum(kBins), sumsq(kBins);
+    cuda::histogram(t.cuda_f32(), t.numel(), lo, inv, count.data(), sum.data(), sumsq.data());
+    for (std::size_t b = 0; b < static_cast<std::size_t>(kBins); ++b) {
+      count_[b] += count[b];
+      sum_[b] += sum[b];
+      sumsq_[b] += sumsq[b];
+    }
+    choose();
+    return;
+  }
+#endif
+  const float* p = t.f32();
+  const std::int64_t n = t.numel();
   // Per-thread histograms merged in thread order, so a fixed thread count gives fixed sums.
   const bool parallel = n > ops::cpu::kParallelThreshold;
   const int threads = parallel ? omp_get_max_threads() : 1;

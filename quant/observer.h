@@ -1,7 +1,8 @@
 // Range observers: they watch a tensor (per-tensor activation ranges) and report the [lo, hi] an
 // activation quantizer uses. Each one reads any f32 tensor (contiguous or channels-last: a range does
-// not care about the element order) with one OpenMP pass for min and max. CUDA tensors are copied to
-// the host first (correct, not fast).
+// not care about the element order) with one OpenMP pass for min and max. A CUDA tensor is reduced on
+// its device (ops/cuda/quant_stats.h) and only the results (min, max, the MSE histogram's bins) are
+// read back: the state stays on the host, where the ranges are read as floats.
 //
 //   minmax    cumulative running min/max from lo = hi = 0, as the ZAQ code does (its buffers start at
 //             zero, so the range always contains 0; after a ReLU lo stays 0).

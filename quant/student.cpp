@@ -2,10 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
-#include "engine/autograd.h"
 
+#include "engine/autograd.h"
 #include "ops/fake_quant.h"
 #include "quant/weight_ranges.h"
+#if ZSQ_WITH_CUDA
+#include "ops/cuda/quant_stats.h"
+#endif
 
 namespace zsq::quant {
 
@@ -16,6 +19,7 @@ Student::Student(const models::ModelSpec& spec, const models::Classifier& teache
             "quantize_input=true is not supported by the fake-quantized student yet");
   Rng rng(0);
   model_ = models::build_model(spec_, rng);
+  model_->to(teacher.device());  // the student computes where its teacher does
   model_->load_state(teacher.named_state(), "teacher");
   install_hooks();
 }
@@ -59,7 +63,7 @@ void Student::install_hooks() {
     site.bits = config_.bits_for(site.name, i == 0 ? LayerRole::first : LayerRole::middle).act_bits;
     site.observer = make_observer(config_, site.bits);
     if (config_.act_range == ActRange::learned) {
-      site.learned_hi = Tensor::zeros({1});
+      site.learned_hi = Tensor::zeros({1}, DType::f32, MemoryFormat::contiguous, model_->device());
       site.learned_hi.set_requires_grad(true);
     }
     site.unit->output_quantizer = [this, i](const Tensor& a) {
@@ -69,7 +73,9 @@ void Student::install_hooks() {
 }
 
 Tensor Student::initial_clip_ratios(const WeightSite& site) const {
-  const Tensor w = site.weight.detach();
+  // Once per construction: a GPU weight is searched on a host copy, so both devices start from the
+  // same ratios.
+  const Tensor w = site.weight.detach().to(Device::cpu());
   const auto channels = w.size(0);
   std::vector<float> ratios(static_cast<std::size_t>(channels), 1.0f);
   if (config_.weight_observer == ObserverKind::mse) {
@@ -83,20 +89,43 @@ Tensor Student::initial_clip_ratios(const WeightSite& site) const {
       if (full > 0.0f) ratios[static_cast<std::size_t>(c)] = std::min(1.0f, clipped / full);
     }
   }
-  Tensor out = Tensor::from_vector({channels}, ratios);
+  Tensor out = Tensor::from_vector({channels}, ratios).to(site.weight.device());
   out.set_requires_grad(true);
   return out;
 }
 
+void Student::to(Device device) {
+  model_->to(device);
+  for (auto& s : activations_)
+    if (s.learned_hi.defined()) move_storage(s.learned_hi, device);
+  for (auto& s : weights_)
+    if (s.learned_ratio.defined()) move_storage(s.learned_ratio, device);
+}
+
+void Student::follow_device(const Tensor& learned, const Tensor& x) {
+  if (learned.device() != x.device()) move_storage(learned, x.device());
+}
+
 Tensor Student::quantize_weight(const WeightSite& site, const Tensor& w) const {
   ops::FakeQuantSpec spec{site.bits, config_.weight_symmetric, config_.ste == SteKind::clipped};
-  if (site.learned_ratio.defined()) return ops::fake_quant_per_channel_ratio(w, site.learned_ratio, spec);
+  if (site.learned_ratio.defined()) {
+    follow_device(site.learned_ratio, w);
+    return ops::fake_quant_per_channel_ratio(w, site.learned_ratio, spec);
+  }
   if (config_.weight_granularity == Granularity::per_channel) {
     if (config_.weight_observer == ObserverKind::minmax) return ops::fake_quant_per_channel_minmax(w, spec);
     const auto [lo, hi] = weight_channel_ranges(w.detach(), spec, config_);
     return ops::fake_quant_per_channel(w, lo, hi, spec);
   }
   const auto v = w.detach();
+#if ZSQ_WITH_CUDA
+  if (v.is_cuda()) {
+    // fake_quant_per_tensor takes the range as floats: one small read-back per weight and forward
+    // (per-tensor weight ranges are not the default; per-channel ones stay on the device).
+    const auto r = cuda::tensor_min_max(v.cuda_f32(), v.numel());
+    return ops::fake_quant_per_tensor(w, r.lo, r.hi, spec);
+  }
+#endif
   float lo = v.f32()[0], hi = v.f32()[0];
   for (std::int64_t i = 0; i < v.numel(); ++i) {
     lo = std::min(lo, v.f32()[i]);
@@ -110,7 +139,10 @@ Tensor Student::quantize_activation(ActivationSite& site, const Tensor& a) {
   if (!site.observer->frozen()) {
     site.observer->observe(a.detach());
     ++site.observations;
-    if (site.learned_hi.defined()) site.learned_hi.f32()[0] = site.observer->hi();
+    if (site.learned_hi.defined()) {
+      follow_device(site.learned_hi, a);
+      site.learned_hi.fill(site.observer->hi());
+    }
   }
   if (phase_ == Phase::calibrate) return a;
   ZSQ_CHECK(site.observations > 0 || site.observer->frozen(),
@@ -120,12 +152,17 @@ Tensor Student::quantize_activation(ActivationSite& site, const Tensor& a) {
         site.observer->lo() == 0.0f,
         "activation site {}: act_range learned needs a post-ReLU range [0, hi], the observer saw [{}, {}]",
         site.name, site.observer->lo(), site.observer->hi());
-    const float hi = site.learned_hi.f32()[0];
-    ZSQ_CHECK(
-        std::isfinite(hi) && hi > 0.0f,
-        "activation site {}: the learned range [0, {}] is no longer a range (observed hi was {}); lower "
-        "the ranges' learning rate (--opt range_lr=...)",
-        site.name, hi, site.observer->hi());
+    follow_device(site.learned_hi, a);
+    // On a GPU the learned hi is not read back every step (a synchronization per site): a hi that is
+    // no longer > 0 quantizes to NaN there (ops/cuda/fake_quant.h), which the loss checks then report.
+    if (!site.learned_hi.is_cuda()) {
+      const float hi = site.learned_hi.f32()[0];
+      ZSQ_CHECK(
+          std::isfinite(hi) && hi > 0.0f,
+          "activation site {}: the learned range [0, {}] is no longer a range (observed hi was {}); lower "
+          "the ranges' learning rate (--opt range_lr=...)",
+          site.name, hi, site.observer->hi());
+    }
     return ops::fake_quant_learned_range(a, site.learned_hi, site.bits);
   }
   // Post-ReLU activations are quantized on [0, hi] when the observer saw only non-negative values.
@@ -139,7 +176,7 @@ bool Student::uses_learned_range(const ActivationSite& site) {
 }
 
 std::pair<float, float> Student::activation_range(const ActivationSite& site) const {
-  if (uses_learned_range(site)) return {site.observer->lo(), site.learned_hi.f32()[0]};
+  if (uses_learned_range(site)) return {site.observer->lo(), site.learned_hi.item()};  // either device
   return {site.observer->lo(), site.observer->hi()};
 }
 
@@ -170,7 +207,7 @@ bool Student::learned_ranges_active() const {
 
 void Student::reset_learned_ranges_to_observed() {
   for (auto& s : activations_)
-    if (s.learned_hi.defined()) s.learned_hi.f32()[0] = s.observer->hi();
+    if (s.learned_hi.defined()) s.learned_hi.fill(s.observer->hi());
 }
 
 void Student::freeze_ranges() {
@@ -211,7 +248,29 @@ void Student::prepare_for_training() {
 
 std::optional<std::pair<std::string, float>> Student::first_diverged_parameter() const {
   static constexpr float kExplodedWeight = 1e15f;
-  for (const auto& [name, p] : model_->named_parameters()) {
+  const auto params = model_->named_parameters();
+#if ZSQ_WITH_CUDA
+  // GPU parameters are scanned on the device in one pass; one copy brings back each one's first bad
+  // index (this runs after every student step).
+  std::vector<const float*> ptrs;
+  std::vector<std::int64_t> sizes, first;
+  for (const auto& [name, p] : params)
+    if (p.is_cuda()) {
+      ptrs.push_back(p.cuda_f32());
+      sizes.push_back(p.numel());
+    }
+  first.assign(ptrs.size(), -1);
+  cuda::first_outside(ptrs.data(), sizes.data(), ptrs.size(), kExplodedWeight, first.data());
+  std::size_t gpu_index = 0;
+#endif
+  for (const auto& [name, p] : params) {
+#if ZSQ_WITH_CUDA
+    if (p.is_cuda()) {
+      const std::size_t k = gpu_index++;
+      if (first[k] >= 0) return std::pair{name, cuda::read_float(ptrs[k] + first[k])};
+      continue;
+    }
+#endif
     const float* v = p.f32();
     for (std::int64_t i = 0, n = p.numel(); i < n; ++i)
       if (!std::isfinite(v[i]) || std::abs(v[i]) > kExplodedWeight) return std::pair{name, v[i]};
@@ -260,8 +319,7 @@ void Student::load_weight_ratios(const Checkpoint& checkpoint, bool fresh_if_mis
     ZSQ_CHECK(ratio->dtype() == DType::f32 && ratio->shape() == site.learned_ratio.shape(),
               "{}: quant.weight_ratio.{} is {}, expected f32 [{}]", file, site.name, ratio->str(),
               site.learned_ratio.size(0));
-    const auto values = ratio->to_vector();
-    std::copy(values.begin(), values.end(), site.learned_ratio.f32());
+    site.learned_ratio.copy_from(*ratio);  // either device
   }
 }
 

@@ -52,10 +52,13 @@ struct WeightSite {
 
 class Student {
  public:
-  // Copies the teacher's state into a fresh model of the same architecture.
+  // Copies the teacher's state into a fresh model of the same architecture, on the teacher's device.
   Student(const models::ModelSpec& spec, const models::Classifier& teacher, const QConfig& config);
 
   models::Classifier& model() { return *model_; }
+  // Moves the model and the learned ranges to `device` (in place: optimizers holding them see the move).
+  // A learned range also follows the tensors it quantizes on its own when only model() was moved.
+  void to(Device device);
   const models::ModelSpec& spec() const { return spec_; }
   const QConfig& config() const { return config_; }
   Phase phase() const { return phase_; }
@@ -111,6 +114,9 @@ class Student {
  private:
   void install_hooks();
   static bool uses_learned_range(const ActivationSite& site);
+  // Moves a learned range to x's device when it is elsewhere (a student loaded on the CPU whose model()
+  // was then moved to a GPU).
+  static void follow_device(const Tensor& learned, const Tensor& x);
   Tensor quantize_weight(const WeightSite& site, const Tensor& w) const;
   Tensor initial_clip_ratios(const WeightSite& site) const;
   Tensor quantize_activation(ActivationSite& site, const Tensor& a);

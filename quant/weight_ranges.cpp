@@ -2,6 +2,9 @@
 
 #include <cmath>
 #include <vector>
+#if ZSQ_WITH_CUDA
+#include "ops/cuda/fake_quant.h"
+#endif
 
 namespace zsq::quant {
 
@@ -29,7 +32,21 @@ std::pair<Tensor, Tensor> mse_channel_ranges(const Tensor& w, const ops::FakeQua
             search.candidates);
   ZSQ_CHECK(search.min_ratio > 0.0f && search.min_ratio <= 1.0f,
             "weight mse ranges: min_ratio must be in (0, 1], got {}", search.min_ratio);
-  auto [mn, mx] = ops::channel_min_max(w);  // validates w (f32, CPU, 2-D or 4-D)
+  auto [mn, mx] = ops::channel_min_max(w);  // validates w (f32, 2-D or 4-D)
+#if ZSQ_WITH_CUDA
+  if (w.is_cuda()) {
+    // The same search on the device (it runs on every forward of a student with weight_observer=mse).
+    // A channel the checks below would refuse gets NaN ranges, so its weights quantize to NaN.
+    const Tensor rows = w.detach().to_format(MemoryFormat::contiguous);
+    const std::int64_t channels = w.size(0), inner = channels > 0 ? w.numel() / channels : 0;
+    Tensor lo = Tensor::empty({channels}, DType::f32, MemoryFormat::contiguous, w.device());
+    Tensor hi = Tensor::empty({channels}, DType::f32, MemoryFormat::contiguous, w.device());
+    cuda::mse_channel_ranges(rows.cuda_f32(), channels, inner, mn.cuda_f32(), mx.cuda_f32(),
+                             ops::fake_quant_levels(spec), spec.symmetric, search.candidates,
+                             search.min_ratio, lo.cuda_f32(), hi.cuda_f32());
+    return {lo, hi};
+  }
+#endif
   // Logical order, so the sums (and thus near-tie choices) do not depend on the memory format.
   const Tensor values = w.detach().to_format(MemoryFormat::contiguous);
   const std::int64_t channels = w.size(0), inner = channels > 0 ? w.numel() / channels : 0;

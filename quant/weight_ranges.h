@@ -24,7 +24,9 @@ struct WeightClipSearch {
   float min_ratio = 0.3f;
 };
 
-// lo, hi: f32 [w.size(0)] on the CPU, no autograd; channel i is w[i, ...] (any 2-D or 4-D layout).
+// lo, hi: f32 [w.size(0)] on w's device, no autograd; channel i is w[i, ...] (any 2-D or 4-D layout).
+// On a GPU, a channel the CPU path refuses with an error (a non-finite weight) gets NaN ranges instead
+// (no per-forward read-back), and a near-tie between two ratios may resolve the other way.
 std::pair<Tensor, Tensor> mse_channel_ranges(const Tensor& w, const ops::FakeQuantSpec& spec,
                                              const WeightClipSearch& search);
 
