@@ -1,10 +1,34 @@
 #include "ops/linear.h"
 
 #include "engine/autograd.h"
+#include "ops/cuda/linear_cublas.h"
 
 namespace zsq::ops {
 
 namespace {
+void check_same_device(const char* op, const Tensor& a, const Tensor& b) {
+  ZSQ_CHECK(a.device() == b.device(), "{}: operands on different devices: {} on {} and {} on {}", op, a.str(),
+            a.device().str(), b.str(), b.device().str());
+}
+
+// Every product of this file, on the operands' device: cuBLAS on a GPU, oneDNN on the CPU.
+Tensor gemm(const char* op, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b,
+            const Tensor& bias = {}) {
+  check_same_device(op, a, b);
+  if (bias.defined()) check_same_device(op, a, bias);
+#if ZSQ_WITH_CUDA
+  if (a.is_cuda()) return cuda_impl::gemm(a, trans_a, b, trans_b, bias);
+#endif
+  return dnnl_impl::gemm(a, trans_a, b, trans_b, bias);
+}
+
+Tensor column_sums(const Tensor& m) {
+#if ZSQ_WITH_CUDA
+  if (m.is_cuda()) return cuda_impl::column_sums(m);
+#endif
+  return dnnl_impl::column_sums(m);
+}
+
 void check_linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   ZSQ_CHECK(x.defined() && weight.defined(), "linear: undefined input or weight");
   ZSQ_CHECK(x.dim() == 2 && x.dtype() == DType::f32,
@@ -22,17 +46,17 @@ void check_linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
 
 Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   check_linear(x, weight, bias);
-  return dnnl_impl::gemm(x, false, weight, true, bias);
+  return gemm("linear", x, false, weight, true, bias);
 }
 
 Tensor linear_backward_data(const Tensor& grad_out, const Tensor& weight) {
-  return dnnl_impl::gemm(grad_out, false, weight, false);
+  return gemm("linear backward data", grad_out, false, weight, false);
 }
 
 void linear_backward_weights(const Tensor& grad_out, const Tensor& x, bool with_bias, Tensor& grad_weight,
                              Tensor& grad_bias) {
-  grad_weight = dnnl_impl::gemm(grad_out, true, x, false);
-  if (with_bias) grad_bias = dnnl_impl::column_sums(grad_out);
+  grad_weight = gemm("linear backward weights", grad_out, true, x, false);
+  if (with_bias) grad_bias = column_sums(grad_out);
 }
 
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
@@ -45,8 +69,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   return record(out, "linear", std::move(inputs), [=](const Tensor& g, const std::vector<bool>& needs) {
     std::vector<Tensor> grads(needs.size());
     if (needs[0]) grads[0] = linear_backward_data(g, saved_w);
-    if (needs[1]) grads[1] = dnnl_impl::gemm(g, true, saved_x, false);
-    if (with_bias && needs[2]) grads[2] = dnnl_impl::column_sums(g);
+    if (needs[1]) grads[1] = gemm("linear backward weights", g, true, saved_x, false);
+    if (with_bias && needs[2]) grads[2] = column_sums(g);
     return grads;
   });
 }
@@ -57,13 +81,13 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
             "matmul: 2-D f32 operands expected, got {} and {}", a.str(), b.str());
   ZSQ_CHECK(a.size(1) == b.size(0), "matmul: {} x {} do not match ({} vs {})", a.str(), b.str(), a.size(1),
             b.size(0));
-  Tensor out = dnnl_impl::gemm(a, false, b, false);
+  Tensor out = gemm("matmul", a, false, b, false);
   Tensor sa = b.requires_grad() ? a.detach() : Tensor();
   Tensor sb = a.requires_grad() ? b.detach() : Tensor();
   return record(out, "matmul", {a, b}, [=](const Tensor& g, const std::vector<bool>& needs) {
     std::vector<Tensor> grads(2);
-    if (needs[0]) grads[0] = dnnl_impl::gemm(g, false, sb, true);
-    if (needs[1]) grads[1] = dnnl_impl::gemm(sa, true, g, false);
+    if (needs[0]) grads[0] = gemm("matmul backward", g, false, sb, true);
+    if (needs[1]) grads[1] = gemm("matmul backward", sa, true, g, false);
     return grads;
   });
 }

@@ -155,8 +155,10 @@ void check_norm(const Shape& shape, MemoryFormat format, const NormCase& c, bool
       inputs, tolerance, describe(shape, format, c));
 }
 
+// The smallest batch is 5 values per channel: with 2, x_hat is exactly +-1 and the training-mode input
+// gradient is 0 up to rounding on both devices, so a relative error measures only noise.
 const std::vector<Shape> kNormShapes = {{4, 16, 15, 15}, {1, 32, 7, 9}, {6, 64, 4, 4},
-                                        {3, 5, 7, 9},    {2, 1, 5, 3},  {2, 3, 1, 1}};
+                                        {3, 5, 7, 9},    {2, 1, 5, 3},  {5, 3, 1, 1}};
 
 std::vector<NormCase> all_norm_cases() {
   std::vector<NormCase> cases;

@@ -59,6 +59,8 @@ run_steps() {
       grep -q "zsq-cuda-skip" "$out/$(basename "$t").log" && r=SKIPPED
       echo "$(basename "$t"): $r $(tail -3 "$out/$(basename "$t").log" | grep 'test cases' || true)" | tee -a "$summary"
     done
+    # One file for all test logs: the device tool brings back at most 8 files.
+    for f in "$out"/test_cuda_*.log; do echo "=== $(basename "$f")"; cat "$f"; done >"$out/tests.log" && rm -f "$out"/test_cuda_*.log
   fi
   if [[ $steps == *bench* ]]; then
     for b in "$work"/bin/bench_cuda*; do
