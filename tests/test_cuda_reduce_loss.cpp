@@ -96,6 +96,12 @@ TEST_CASE("cuda variance (biased and unbiased) over axis sets in both formats") 
     for (auto format : kFormats)
       for (const auto& axes : kAxes4)
         for (bool unbiased : {false, true}) {
+          std::int64_t count = 1;
+          for (auto axis : axes) count *= shape[static_cast<std::size_t>(axis)];
+          if (axes.empty()) count = shape_numel(shape);
+          // One value per group: the unbiased variance divides by 0 on both devices (inf/NaN), so a
+          // relative error says nothing.
+          if (unbiased && count == 1) continue;
           Tensor x = random_shifted(shape, rng, format, 2.5f, 1.5f);
           compare_with_cpu(
               [&](const std::vector<Tensor>& t) { return ops::variance(t[0], axes, unbiased, unbiased); },

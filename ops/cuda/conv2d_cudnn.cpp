@@ -43,6 +43,11 @@ CudnnConvSettings initial_settings() {
               "$ZSQ_CUDNN_CONV_SEARCH: unknown value '{}' (find or heuristic)", v);
     s.find = v == "find";
   }
+  if (const char* layout = std::getenv("ZSQ_CUDA_LAYOUT")) {
+    const std::string v = layout;
+    ZSQ_CHECK(v == "nchw" || v == "nhwc", "$ZSQ_CUDA_LAYOUT: unknown value '{}' (nchw or nhwc)", v);
+    s.activation_format = v == "nhwc" ? MemoryFormat::channels_last : MemoryFormat::contiguous;
+  }
   if (const char* filters = std::getenv("ZSQ_CUDNN_FILTERS")) {
     const std::string v = filters;
     ZSQ_CHECK(v == "oihw" || v == "nhwc", "$ZSQ_CUDNN_FILTERS: unknown value '{}' (oihw or nhwc)", v);
@@ -358,14 +363,17 @@ bool execute(const Operands& o) {
   return false;
 }
 
-// execute, and when cuDNN has nothing for the operands' strides (a contiguous input against the
-// channels-last output is the unusual case), once more on channels-last copies of the inputs; outputs
-// are channels-last already. The failed plan stays cached empty, so later calls go straight to the copy.
+// execute, and when cuDNN has nothing for the operands' strides (an input in the other format than the
+// output is the unusual case), once more on copies of the inputs in the output activation's format
+// (channels-last when the weight gradient is the output). The failed plan stays cached empty, so later
+// calls go straight to the copy.
 template <class D>
 void execute_any_layout(const Tensor& x, const Tensor& w, const Tensor& y, const Conv2dParams& p) {
   if (execute<D>({x, w, y, p})) return;
-  const Tensor x_nhwc = D::kXIsOutput ? x : x.to_format(MemoryFormat::channels_last);
-  const Tensor y_nhwc = D::kYIsOutput ? y : y.to_format(MemoryFormat::channels_last);
+  const MemoryFormat target =
+      D::kXIsOutput ? x.format() : (D::kYIsOutput ? y.format() : MemoryFormat::channels_last);
+  const Tensor x_nhwc = D::kXIsOutput ? x : x.to_format(target);
+  const Tensor y_nhwc = D::kYIsOutput ? y : y.to_format(target);
   const bool converted = x_nhwc.impl() != x.impl() || y_nhwc.impl() != y.impl();
   if (converted && execute<D>({x_nhwc, w, y_nhwc, p})) return;
   fail(fmt::format(
@@ -394,23 +402,29 @@ void clear_cudnn_conv_cache() {
 Tensor conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p,
                       const ConvEpilogue& epilogue) {
   const Shape y_shape = conv2d_output_shape(x, weight, bias, p);
-  Tensor out = Tensor::empty(y_shape, DType::f32, MemoryFormat::channels_last, x.device());
+  const MemoryFormat format = settings().activation_format;
+  Tensor out = Tensor::empty(y_shape, DType::f32, format, x.device());
   if (out.numel() == 0) return out;
   if (x.numel() == 0)
     out.fill(0.0f);  // no input channels: the convolution sums nothing
   else
     execute_any_layout<Forward>(x, weight, out, p);
   Tensor residual;
-  if (epilogue.residual.defined()) residual = epilogue.residual.to_format(MemoryFormat::channels_last);
-  cuda::conv_epilogue_channels_last(out.cuda_f32(), bias.defined() ? bias.cuda_f32() : nullptr,
-                                    residual.defined() ? residual.cuda_f32() : nullptr,
-                                    y_shape[0] * y_shape[2] * y_shape[3], y_shape[1], epilogue.relu);
+  if (epilogue.residual.defined()) residual = epilogue.residual.to_format(format);
+  const float* bias_ptr = bias.defined() ? bias.cuda_f32() : nullptr;
+  const float* residual_ptr = residual.defined() ? residual.cuda_f32() : nullptr;
+  if (out.format() == MemoryFormat::channels_last)
+    cuda::conv_epilogue_channels_last(out.cuda_f32(), bias_ptr, residual_ptr,
+                                      y_shape[0] * y_shape[2] * y_shape[3], y_shape[1], epilogue.relu);
+  else
+    cuda::conv_epilogue_nchw(out.cuda_f32(), bias_ptr, residual_ptr, out.numel(), y_shape[2] * y_shape[3],
+                             y_shape[1], epilogue.relu);
   return out;
 }
 
 Tensor conv2d_backward_data(const Tensor& grad_out, const Tensor& weight, const Shape& x_shape,
                             const Conv2dParams& p) {
-  Tensor grad_x = Tensor::empty(x_shape, DType::f32, MemoryFormat::channels_last, grad_out.device());
+  Tensor grad_x = Tensor::empty(x_shape, DType::f32, settings().activation_format, grad_out.device());
   if (grad_x.numel() == 0) return grad_x;
   if (grad_out.numel() == 0 || weight.numel() == 0) {
     grad_x.fill(0.0f);

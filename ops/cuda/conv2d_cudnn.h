@@ -23,6 +23,11 @@ struct CudnnConvSettings {
   // weight tensor's own OIHW layout. Either falls back to the other when cuDNN has no algorithm for it.
   // $ZSQ_CUDNN_FILTERS = oihw | nhwc sets the initial value.
   bool nhwc_filters = false;
+  // The memory format of the activations the GPU convolutions write (outputs and input gradients).
+  // cuDNN's fp32 kernels without TF32 are fastest in NCHW, and its batch norm reads NCHW with coalesced
+  // kernels (on NHWC strides it falls back to a slow generic one); the CPU path stays channels-last
+  // for oneDNN. $ZSQ_CUDA_LAYOUT = nchw | nhwc sets the initial value.
+  MemoryFormat activation_format = MemoryFormat::contiguous;
 };
 CudnnConvSettings cudnn_conv_settings();
 // Later convolutions use the new settings; plans already cached for a shape keep their choice.

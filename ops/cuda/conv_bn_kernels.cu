@@ -37,6 +37,18 @@ __global__ void conv_epilogue_kernel(float* __restrict__ out, const float* __res
   }
 }
 
+// NCHW: element i belongs to channel (i / plane) % channels.
+__global__ void conv_epilogue_nchw_kernel(float* __restrict__ out, const float* __restrict__ bias,
+                                          const float* __restrict__ residual, std::int64_t n,
+                                          std::int64_t plane, std::int64_t channels, bool relu) {
+  for (std::int64_t i = global_thread(); i < n; i += grid_threads()) {
+    float v = out[i];
+    if (bias != nullptr) v += bias[(i / plane) % channels];
+    if (residual != nullptr) v += residual[i];
+    out[i] = relu ? fmaxf(v, 0.0f) : v;
+  }
+}
+
 // channels % 4 == 0: the four elements of a vector are channels c..c+3 of one row.
 __global__ void conv_epilogue_vec4_kernel(float4* __restrict__ out, const float* __restrict__ bias,
                                           const float4* __restrict__ residual, std::int64_t n4,
@@ -288,6 +300,14 @@ void conv_epilogue_channels_last(float* out, const float* bias, const float* res
   } else {
     conv_epilogue_kernel<<<grid_for(n), kThreads, 0, stream()>>>(out, bias, residual, n, channels, relu);
   }
+  ZSQ_CUDA_LAUNCH_CHECK();
+}
+
+void conv_epilogue_nchw(float* out, const float* bias, const float* residual, std::int64_t n,
+                        std::int64_t plane, std::int64_t channels, bool relu) {
+  if (n == 0 || (bias == nullptr && residual == nullptr && !relu)) return;
+  conv_epilogue_nchw_kernel<<<grid_for(n), kThreads, 0, stream()>>>(out, bias, residual, n, plane, channels,
+                                                                    relu);
   ZSQ_CUDA_LAUNCH_CHECK();
 }
 

@@ -24,6 +24,9 @@ struct ChannelLayout {
 // residual (same layout as out) may be null.
 void conv_epilogue_channels_last(float* out, const float* bias, const float* residual, std::int64_t rows,
                                  std::int64_t channels, bool relu);
+// The same for an NCHW output of n elements with `plane` = H * W elements per channel.
+void conv_epilogue_nchw(float* out, const float* bias, const float* residual, std::int64_t n,
+                        std::int64_t plane, std::int64_t channels, bool relu);
 
 // y = max(y, 0) in place.
 void relu_inplace(float* y, std::int64_t n);
