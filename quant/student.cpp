@@ -96,14 +96,21 @@ Tensor Student::initial_clip_ratios(const WeightSite& site) const {
 
 void Student::to(Device device) {
   model_->to(device);
-  for (auto& s : activations_)
+  move_learned_ranges(device);
+}
+
+void Student::move_learned_ranges(Device device) const {
+  // move_storage keeps each TensorImpl: optimizers holding these handles see the move.
+  for (const auto& s : activations_)
     if (s.learned_hi.defined()) move_storage(s.learned_hi, device);
-  for (auto& s : weights_)
+  for (const auto& s : weights_)
     if (s.learned_ratio.defined()) move_storage(s.learned_ratio, device);
 }
 
-void Student::follow_device(const Tensor& learned, const Tensor& x) {
-  if (learned.device() != x.device()) move_storage(learned, x.device());
+void Student::follow_device(const Tensor& learned, const Tensor& x) const {
+  // All ranges at once, not only this one: the learned hi of a unit that is never post-ReLU (a ResNet
+  // shortcut) is never reached by a forward, and would stay behind on the old device.
+  if (learned.device() != x.device()) move_learned_ranges(x.device());
 }
 
 Tensor Student::quantize_weight(const WeightSite& site, const Tensor& w) const {

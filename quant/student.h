@@ -57,7 +57,7 @@ class Student {
 
   models::Classifier& model() { return *model_; }
   // Moves the model and the learned ranges to `device` (in place: optimizers holding them see the move).
-  // A learned range also follows the tensors it quantizes on its own when only model() was moved.
+  // When only model() was moved, all the learned ranges follow it together on the next forward.
   void to(Device device);
   const models::ModelSpec& spec() const { return spec_; }
   const QConfig& config() const { return config_; }
@@ -86,6 +86,8 @@ class Student {
   std::vector<float> activation_state(const ActivationSite& site) const;
   // Every learned range tensor, for one optimizer: the learned hi of each activation site
   // (act_range=learned), then each weight site's clip ratios (weight_range=learned). Empty otherwise.
+  // The hi of a site no forward reaches (a unit that is never post-ReLU) is listed too and never gets a
+  // gradient (optimizers skip it).
   std::vector<Tensor> learned_ranges() const;
   // True when some learned hi is in use (its observer frozen): the student's step should train them.
   bool learned_ranges_active() const;
@@ -114,9 +116,11 @@ class Student {
  private:
   void install_hooks();
   static bool uses_learned_range(const ActivationSite& site);
-  // Moves a learned range to x's device when it is elsewhere (a student loaded on the CPU whose model()
-  // was then moved to a GPU).
-  static void follow_device(const Tensor& learned, const Tensor& x);
+  // Every learned range to `device`, in place (the model is not moved).
+  void move_learned_ranges(Device device) const;
+  // When `learned` is not on x's device (a student loaded on the CPU whose model() was then moved to a
+  // GPU), moves every learned range there.
+  void follow_device(const Tensor& learned, const Tensor& x) const;
   Tensor quantize_weight(const WeightSite& site, const Tensor& w) const;
   Tensor initial_clip_ratios(const WeightSite& site) const;
   Tensor quantize_activation(ActivationSite& site, const Tensor& a);

@@ -273,13 +273,22 @@ TEST_CASE("cuda student: learned ranges follow a moved model; divergence is foun
   for (const auto& t : moved->learned_ranges()) CHECK(t.device().is_cpu());
   moved->to(kGpu);
 
-  // Learned-range gradients reach the device tensors.
+  // Learned-range gradients reach the device tensors of every range the forward uses: each used
+  // activation site's hi and every weight site's ratios. learned_ranges() also lists the hi of the two
+  // shortcut units, which are never post-ReLU: no forward quantizes with them, so they get no gradient
+  // on either device (the CPU test in test_learned_ranges.cpp counts used sites only, too).
   moved->model().eval();
   Tensor logits = moved->model().forward(calibration.to(kGpu));
   ops::sum(logits).backward();
-  for (const auto& t : moved->learned_ranges()) {
-    REQUIRE(t.grad().defined());
-    CHECK(t.grad().device() == kGpu);
+  const auto used = moved->used_activation_sites();
+  REQUIRE(used.size() + 2 == moved->activation_sites().size());
+  for (const auto* site : used) {
+    REQUIRE_MESSAGE(site->learned_hi.grad().defined(), site->name);
+    CHECK(site->learned_hi.grad().device() == kGpu);
+  }
+  for (const auto& site : moved->weight_sites()) {
+    REQUIRE_MESSAGE(site.learned_ratio.grad().defined(), site.name);
+    CHECK(site.learned_ratio.grad().device() == kGpu);
   }
 
   CHECK_FALSE(moved->first_diverged_parameter().has_value());

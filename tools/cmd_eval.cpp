@@ -85,7 +85,11 @@ void add_eval_command(CLI::App& app) {
       loaded = models::model_from_checkpoint(checkpoint);
     }
     models::Classifier& model = quantized ? student->model() : *loaded.model;
-    model.to(device);
+    // A student moves with its learned ranges now, not lazily on its first quantizing forward.
+    if (quantized)
+      student->to(device);
+    else
+      model.to(device);
     const auto test = load_fashion_mnist(options->data, Split::test);
     const auto r = evaluate(model, test, options->batch, !options->json);
     if (!options->report_dir.empty()) {
