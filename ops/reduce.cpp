@@ -6,7 +6,8 @@
 //   ... (kept) x run (reduced)      each output is a sum of contiguous runs (row sums, NCHW per-channel).
 //   ... x run (kept)                each reduced combination adds a contiguous run into the output.
 // Accumulation is in double; the backward passes broadcast the output gradient with the same plan.
-// A CUDA tensor takes the same merged dims to ops/cuda/reduce.cu (two-level double reductions).
+// A CUDA tensor takes the same merged dims to ops/cuda/reduce.cu (two-level double reductions; the
+// variance there in one pass over x, from sums shifted by a data point).
 #include "ops/reduce.h"
 
 #include <omp.h>
@@ -404,11 +405,10 @@ Tensor variance(const Tensor& x, const std::vector<std::int64_t>& axes, bool kee
                        x.device());
 #if ZSQ_WITH_CUDA
   } else if (x.is_cuda()) {
-    const cuda::ReduceLayout layout = cuda_layout(*plan);
+    // One pass over x gives the variance and the float means the backward pass needs.
     means_gpu = Tensor::empty({plan->out_numel}, DType::f32, MemoryFormat::contiguous, x.device());
-    cuda::reduce_mean(x.cuda_f32(), layout, means_gpu.cuda_f32());
     out = Tensor::empty(plan->out_shape, DType::f32, MemoryFormat::contiguous, x.device());
-    cuda::reduce_squared_deviation(x.cuda_f32(), layout, means_gpu.cuda_f32(), 1.0 / denom, out.cuda_f32());
+    cuda::reduce_variance(x.cuda_f32(), cuda_layout(*plan), denom, out.cuda_f32(), means_gpu.cuda_f32());
 #endif
   } else {
     // Two passes (mean, then squared deviations) for accuracy when |mean| >> stddev.

@@ -1,7 +1,8 @@
 // Reductions, the softmax family, the losses and the moment-matching (BN-statistics) loss on the GPU
 // against the CPU: forward and input gradients on fresh random inputs, every axis combination shape
 // (rows, columns, mixed) in both memory formats, keepdim and unbiased, odd sizes and batch 1, inputs of
-// more than 1M elements (split into block partials), labels with and without smoothing, and operands on
+// more than 1M elements (split into block partials), the one-pass variance's hard cases (|mean| >> std,
+// an outlier as the shift), labels with and without smoothing, and operands on
 // different devices refused with a zsq::Error.
 #include <doctest/doctest.h>
 
@@ -133,6 +134,41 @@ TEST_CASE("cuda reductions of more than 1M elements: per-channel and full") {
   // A zero-mean full sum: the result is small next to the terms, so float accumulation would show.
   Tensor z = random_cpu({1 << 20}, rng);
   compare_with_cpu([](const std::vector<Tensor>& t) { return ops::sum(t[0]); }, {z}, kReduce, "sum of 2^20");
+}
+
+// The one-pass variance (sums shifted by each channel's first input) where plain sum / sum of squares
+// would cancel: mean 100, std 0.01 over 2^18 values per channel (1 + mean^2 / var = 1e8). Also an outlier
+// as the shift itself (the first input of every channel 1e4 std away), the worst case of the shift.
+TEST_CASE("cuda one-pass variance: large mean next to a small std, and an outlier as the shift") {
+  ZSQ_REQUIRE_GPU();
+  Rng rng(12);
+  constexpr double kShifted = 1e-4;
+  const Shape shape{256, 64, 32, 32};
+  for (auto format : kFormats) {
+    Tensor x = random_shifted(shape, rng, format, 100.0f, 0.01f);
+    compare_with_cpu(
+        [](const std::vector<Tensor>& t) {
+          return ops::variance(t[0], {0, 2, 3});
+        },
+        {x}, kShifted, describe("variance mean 100 std 0.01", shape, format, {0, 2, 3}));
+    compare_with_cpu(
+        [](const std::vector<Tensor>& t) {
+          return ops::variance(t[0], {0, 2, 3}, false, true);
+        },
+        {x}, kShifted, describe("unbiased variance mean 100 std 0.01", shape, format, {0, 2, 3}));
+  }
+  const Shape small{64, 8, 5, 5};
+  for (auto format : kFormats) {
+    Tensor x = random_shifted(small, rng, format, 0.0f, 1.0f, false);
+    for (std::int64_t c = 0; c < small[1]; ++c)
+      x.f32()[format == MemoryFormat::channels_last ? c : c * 25] = 1e4f;
+    x.set_requires_grad(true);
+    compare_with_cpu(
+        [](const std::vector<Tensor>& t) {
+          return ops::variance(t[0], {0, 2, 3});
+        },
+        {x}, kReduce, describe("variance with outliers first", small, format, {0, 2, 3}));
+  }
 }
 
 TEST_CASE("cuda keepdim reduction backward with a channels_last upstream gradient") {

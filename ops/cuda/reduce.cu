@@ -17,12 +17,44 @@ struct SumOp {
   __device__ __forceinline__ void add(Sums<1>& a, float v, i64) const { a.v[0] += v; }
 };
 
-struct SquaredDeviationOp {
-  static constexpr int K = 1;
-  const float* mean;
-  __device__ __forceinline__ void add(Sums<1>& a, float v, i64 o) const {
-    const float d = v - mean[o];
-    a.v[0] += static_cast<double>(d * d);
+// The variance in one pass over x. Each output accumulates, in double, sum x (for the mean) and the sum
+// and sum of squares of d = x - shift, where shift is the output's first input (the same in every thread,
+// so partials add and the fixed-order two-level sums serve unchanged). Then
+//   M2 = sum (x - mean)^2 = sum d^2 - (sum d)^2 / n.
+// Why shifted sums and not Welford or plain sum / sum of squares:
+// - plain sums cancel catastrophically when |mean| >> std: sum x^2 - (sum x)^2 / n loses a factor
+//   1 + mean^2 / var (1e8 for mean 100, std 0.01: 27 of double's 53 bits), unbounded beyond that;
+// - with the shift a data point, (shift - mean)^2 <= M2, so sum d^2 = M2 + n (mean - shift)^2 <= (n + 1) M2:
+//   the loss is at most a factor n + 1 whatever the data, and 1 + z^2 (a few) for a shift z std from
+//   the mean (the mean-100 / std-0.01 test: ~1e-15 relative vs ~1e-5 for plain sums);
+// - Welford needs an FP64 division per element (a multi-instruction sequence on the FP64 pipe) and a
+//   three-value Chan merge at every level; the shifted sums cost one conversion, two adds and an FMA.
+struct ShiftedMomentsOp {
+  static constexpr int K = 3;
+  static constexpr bool kShifted = true;
+  __device__ __forceinline__ void add(Sums<3>& a, float v, float shift, i64) const {
+    const double x = v;
+    const double d = x - static_cast<double>(shift);
+    a.v[0] += x;
+    a.v[1] += d;
+    a.v[2] = fma(d, d, a.v[2]);
+  }
+};
+
+// var[o] and the float mean[o] (kept for the backward pass). The CPU path sums squared deviations from
+// the float-rounded mean m_f; sum (x - m_f)^2 = M2 + n (mean - m_f)^2 gives the same quantity.
+struct StoreVariance {
+  float* var;
+  float* mean;
+  double count;
+  double inv_denom;
+  __device__ __forceinline__ void operator()(i64 o, const Sums<3>& s) const {
+    const double m = s.v[0] / count;
+    const float m_f = static_cast<float>(m);
+    const double m2 = fmax(0.0, s.v[2] - s.v[1] * s.v[1] / count);
+    const double rounding = m - static_cast<double>(m_f);
+    var[o] = static_cast<float>((m2 + count * rounding * rounding) * inv_denom);
+    mean[o] = m_f;
   }
 };
 
@@ -31,14 +63,6 @@ struct StoreScaled {
   double scale;
   __device__ __forceinline__ void operator()(i64 o, const Sums<1>& s) const {
     out[o] = static_cast<float>(s.v[0] * scale);
-  }
-};
-
-struct StoreDivided {
-  float* out;
-  double divisor;
-  __device__ __forceinline__ void operator()(i64 o, const Sums<1>& s) const {
-    out[o] = static_cast<float>(s.v[0] / divisor);
   }
 };
 
@@ -161,14 +185,9 @@ void reduce_sum(const float* x, const ReduceLayout& layout, double scale, float*
   run_reduction(x, make_geometry(layout), SumOp{}, StoreScaled{out, scale});
 }
 
-void reduce_mean(const float* x, const ReduceLayout& layout, float* mean) {
-  run_reduction(x, make_geometry(layout), SumOp{},
-                StoreDivided{mean, static_cast<double>(layout_count(layout))});
-}
-
-void reduce_squared_deviation(const float* x, const ReduceLayout& layout, const float* mean, double scale,
-                              float* out) {
-  run_reduction(x, make_geometry(layout), SquaredDeviationOp{mean}, StoreScaled{out, scale});
+void reduce_variance(const float* x, const ReduceLayout& layout, double denom, float* var, float* mean) {
+  run_reduction(x, make_geometry(layout), ShiftedMomentsOp{},
+                StoreVariance{var, mean, static_cast<double>(layout_count(layout)), 1.0 / denom});
 }
 
 void reduce_broadcast_backward(const float* g, const ReduceLayout& layout, float scale, float* dx) {

@@ -23,11 +23,9 @@ struct ReduceLayout {
 
 // out[o] = scale * (sum of the inputs reducing into o).
 void reduce_sum(const float* x, const ReduceLayout& layout, double scale, float* out);
-// mean[o] = (sum of the inputs reducing into o) / count: the variance's first pass.
-void reduce_mean(const float* x, const ReduceLayout& layout, float* mean);
-// out[o] = scale * sum (x - mean[o])^2, each deviation squared in float (the CPU's arithmetic).
-void reduce_squared_deviation(const float* x, const ReduceLayout& layout, const float* mean, double scale,
-                              float* out);
+// var[o] = sum (x - mean[o])^2 / denom and the float mean[o], in one pass over x (shifted sums; see
+// reduce.cu for why they stay accurate when |mean| >> std).
+void reduce_variance(const float* x, const ReduceLayout& layout, double denom, float* var, float* mean);
 // dx[i] = g[o(i)] * scale for every input position i (x's memory order): sum / mean backward.
 void reduce_broadcast_backward(const float* g, const ReduceLayout& layout, float scale, float* dx);
 // dx[i] = float(g[o] * two_over_denom) * (x[i] - mean[o]): variance backward.
