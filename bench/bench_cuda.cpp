@@ -11,6 +11,8 @@
 //   BM_CudaTrainStep/<batch>     ResNet-20 training step (forward, cross-entropy, backward, SGD), img/s
 //   BM_CudaInference/<batch>     ResNet-20 eval forward under NoGrad, img/s
 //   BM_CudaGdfqIteration, BM_CudaZaqIteration  one iteration of each generative method, W4A4 student
+//   BM_CudaBatchNorm/cudnn:<0|1> batch norm training forward + backward on [512, 16, 32, 32] NCHW through
+//                                ops::batch_norm, zsq's own kernels (0) or cuDNN (1), bytes/s
 // Each timed iteration ends with a device synchronize; kernels of a few microseconds are repeated
 // kRepeat times per iteration so the synchronize does not dominate.
 // Run: ./build/bench/bench_cuda --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
@@ -23,6 +25,7 @@
 #include "engine/optim.h"
 #include "models/model_file.h"
 #include "models/zoo.h"
+#include "ops/batch_norm.h"
 #include "ops/conv2d.h"
 #include "ops/cuda/cuda_runtime_api.h"
 #include "ops/elementwise.h"
@@ -32,6 +35,9 @@
 #include "ops/reduce.h"
 #include "quant/methods/gdfq.h"
 #include "quant/methods/zaq.h"
+#if ZSQ_WITH_CUDA
+#include "ops/cuda/batch_norm_cudnn.h"
+#endif
 
 using namespace zsq;
 
@@ -282,6 +288,52 @@ void BM_CudaZaqIteration(benchmark::State& state) {
                                      options.batch * (options.q_steps + 1));
 }
 BENCHMARK(BM_CudaZaqIteration)->Arg(256)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// ResNet-20's first-stage batch norm at batch 512 ([512, 16, 32, 32] NCHW, 32 MiB): a training step's
+// forward (batch statistics, running-stat update, normalization) and backward (x, weight and bias
+// gradients), through zsq's own kernels (cudnn:0) or cuDNN's legacy batch-norm API (cudnn:1). Bytes:
+// the minimal traffic of the two-sweep scheme, 8 x 32 MiB per step: forward reads x twice and writes y,
+// backward reads dy and x twice and writes dx.
+void BM_CudaBatchNorm(benchmark::State& state) {
+  if (skip_without_gpu(state)) return;
+#if ZSQ_WITH_CUDA
+  const bool use_cudnn = state.range(0) == 1;
+  const auto saved = ops::cudnn_impl::cudnn_batch_norm_settings();
+  auto settings = saved;
+  settings.use_cudnn = use_cudnn;
+  ops::cudnn_impl::set_cudnn_batch_norm_settings(settings);
+  const std::int64_t C = 16;
+  Tensor x = gpu_randn({512, C, 32, 32}, 13);
+  Tensor g = gpu_randn(x.shape(), 14);
+  Tensor w = Tensor::full({C}, 1.0f, MemoryFormat::contiguous, kGpu);
+  Tensor b = Tensor::zeros({C}, DType::f32, MemoryFormat::contiguous, kGpu);
+  Tensor running_mean = Tensor::zeros({C}, DType::f32, MemoryFormat::contiguous, kGpu);
+  Tensor running_var = Tensor::full({C}, 1.0f, MemoryFormat::contiguous, kGpu);
+  x.set_requires_grad(true);
+  w.set_requires_grad(true);
+  b.set_requires_grad(true);
+  const ops::BatchNormOptions options;
+  auto step = [&] {
+    Tensor y = ops::batch_norm(x, w, b, running_mean, running_var, options);
+    x.zero_grad();
+    w.zero_grad();
+    b.zero_grad();
+    y.backward(g);
+  };
+  step();  // allocator warm-up
+  cuda::synchronize();
+  for (auto _ : state) {
+    for (int r = 0; r < kRepeat; ++r) step();
+    cuda::synchronize();
+  }
+  set_bandwidth(state, 8.0 * static_cast<double>(x.nbytes()));
+  state.SetLabel(use_cudnn ? "cuDNN" : "own kernels");
+  ops::cudnn_impl::set_cudnn_batch_norm_settings(saved);
+#else
+  state.SkipWithError("built without CUDA");
+#endif
+}
+BENCHMARK(BM_CudaBatchNorm)->Arg(0)->Arg(1)->ArgName("cudnn")->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 

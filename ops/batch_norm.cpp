@@ -2,36 +2,146 @@
 
 #include "engine/autograd.h"
 #include "ops/cuda/batch_norm_cudnn.h"
+#include "ops/cuda/batch_norm_kernels.h"
 
 namespace zsq::ops {
 
 namespace {
-// The CUDA path (ops/cuda/batch_norm_cudnn.cpp), or stubs in a build without CUDA, where no tensor can
-// be on a GPU and these are never reached.
+// The CUDA paths: zsq's own kernels (ops/cuda/batch_norm_kernels.cu, the default) and cuDNN's legacy
+// batch-norm API (ops/cuda/batch_norm_cudnn.cpp, chosen by its settings / $ZSQ_CUDNN_BN). Both save the
+// batch mean and 1 / sqrt(var + eps) for the backward and share one contract (batch_norm_cudnn.h). In a
+// build without CUDA no tensor can be on a GPU and the stubs are never reached.
+struct GpuBatchNorm {
+  Tensor (*training)(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                     const Tensor& running_var, float momentum, float eps, bool fuse_relu, Tensor* saved_mean,
+                     Tensor* saved_inv_std);
+  Tensor (*inference)(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& mean,
+                      const Tensor& var, float eps, bool fuse_relu);
+  void (*backward_training)(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
+                            const Tensor& saved_mean, const Tensor& saved_inv_std, float eps,
+                            const Tensor& relu_output, Tensor& grad_x, Tensor& grad_weight,
+                            Tensor& grad_bias);
+  void (*backward_inference)(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
+                             const Tensor& mean, const Tensor& var, float eps, bool with_weight_grads,
+                             const Tensor& relu_output, Tensor& grad_x, Tensor& grad_weight,
+                             Tensor& grad_bias);
+};
+
 #if ZSQ_WITH_CUDA
-namespace gpu = cudnn_impl;
+namespace own_gpu {
+// x as [outer, C, inner] in memory: NCHW [N, C, H*W]; channels-last and [N, C] rows of C.
+cuda::BatchNormLayout layout_of(const Tensor& x) {
+  const std::int64_t N = x.size(0), C = x.size(1), S = x.dim() == 4 ? x.size(2) * x.size(3) : 1;
+  if (x.dim() == 2 || x.format() == MemoryFormat::channels_last) return {N * S, C, 1};
+  return {N, C, S};
+}
+
+const float* ptr_or_null(const Tensor& t) {
+  return t.defined() ? t.cuda_f32() : nullptr;
+}
+
+Tensor channel_vector(const Tensor& x) {
+  return Tensor::empty({x.size(1)}, DType::f32, MemoryFormat::contiguous, x.device());
+}
+
+// The kernels index grad, x and the ReLU output alike: they must read as the same bytes layout.
+void check_same_layout(const Tensor& grad_out, const Tensor& x, const Tensor& relu_output) {
+  ZSQ_CHECK(grad_out.shape() == x.shape() && grad_out.is_layout_equivalent(x.format()) &&
+                (!relu_output.defined() || relu_output.is_layout_equivalent(x.format())),
+            "batch_norm backward (CUDA): gradient {} and input {} must share shape and layout",
+            grad_out.str(), x.str());
+}
+
+Tensor training(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                const Tensor& running_var, float momentum, float eps, bool fuse_relu, Tensor* saved_mean,
+                Tensor* saved_inv_std) {
+  const cuda::BatchNormLayout layout = layout_of(x);
+  Tensor out = Tensor::empty(x.shape(), DType::f32, x.format(), x.device());
+  Tensor mean = channel_vector(x), inv_std = channel_vector(x);
+  const bool update = running_mean.defined() && running_var.defined();
+  cuda::batch_norm_batch_stats(x.cuda_f32(), layout, eps, momentum, mean.cuda_f32(), inv_std.cuda_f32(),
+                               update ? running_mean.cuda_f32() : nullptr,
+                               update ? running_var.cuda_f32() : nullptr);
+  cuda::batch_norm_normalize(x.cuda_f32(), layout, mean.cuda_f32(), inv_std.cuda_f32(), /*stat_is_var=*/false,
+                             eps, ptr_or_null(weight), ptr_or_null(bias), fuse_relu, out.cuda_f32());
+  if (saved_mean != nullptr) *saved_mean = mean;
+  if (saved_inv_std != nullptr) *saved_inv_std = inv_std;
+  return out;
+}
+
+Tensor inference(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& mean,
+                 const Tensor& var, float eps, bool fuse_relu) {
+  Tensor out = Tensor::empty(x.shape(), DType::f32, x.format(), x.device());
+  cuda::batch_norm_normalize(x.cuda_f32(), layout_of(x), mean.cuda_f32(), var.cuda_f32(),
+                             /*stat_is_var=*/true, eps, ptr_or_null(weight), ptr_or_null(bias), fuse_relu,
+                             out.cuda_f32());
+  return out;
+}
+
+void backward_training(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
+                       const Tensor& saved_mean, const Tensor& saved_inv_std, float eps,
+                       const Tensor& relu_output, Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias) {
+  check_same_layout(grad_out, x, relu_output);
+  grad_x = Tensor::empty(x.shape(), DType::f32, x.format(), x.device());
+  grad_weight = channel_vector(x);
+  grad_bias = channel_vector(x);
+  cuda::batch_norm_grad(grad_out.cuda_f32(), ptr_or_null(relu_output), x.cuda_f32(), layout_of(x),
+                        saved_mean.cuda_f32(), saved_inv_std.cuda_f32(), /*batch_stats=*/true, eps,
+                        ptr_or_null(weight), grad_x.cuda_f32(), grad_weight.cuda_f32(), grad_bias.cuda_f32());
+}
+
+void backward_inference(const Tensor& grad_out, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                        const Tensor& var, float eps, bool with_weight_grads, const Tensor& relu_output,
+                        Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias) {
+  check_same_layout(grad_out, x, relu_output);
+  grad_x = Tensor::empty(x.shape(), DType::f32, x.format(), x.device());
+  if (with_weight_grads) {
+    grad_weight = channel_vector(x);
+    grad_bias = channel_vector(x);
+  }
+  cuda::batch_norm_grad(grad_out.cuda_f32(), ptr_or_null(relu_output), x.cuda_f32(), layout_of(x),
+                        mean.cuda_f32(), var.cuda_f32(), /*batch_stats=*/false, eps, ptr_or_null(weight),
+                        grad_x.cuda_f32(), with_weight_grads ? grad_weight.cuda_f32() : nullptr,
+                        with_weight_grads ? grad_bias.cuda_f32() : nullptr);
+}
+}  // namespace own_gpu
+
+// The implementation the settings choose now; a forward keeps it for its backward.
+const GpuBatchNorm* gpu_batch_norm() {
+  static constexpr GpuBatchNorm kOwn{own_gpu::training, own_gpu::inference, own_gpu::backward_training,
+                                     own_gpu::backward_inference};
+  static constexpr GpuBatchNorm kCudnn{cudnn_impl::batch_norm_training, cudnn_impl::batch_norm_inference,
+                                       cudnn_impl::batch_norm_backward_training,
+                                       cudnn_impl::batch_norm_backward_inference};
+  return cudnn_impl::cudnn_batch_norm_settings().use_cudnn ? &kCudnn : &kOwn;
+}
 #else
-namespace gpu {
+namespace no_gpu {
 [[noreturn]] void no_cuda() {
   fail("batch_norm: zsq was built without CUDA");
 }
-Tensor batch_norm_training(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, float,
-                           float, bool, Tensor*, Tensor*) {
+Tensor training(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, float, float, bool,
+                Tensor*, Tensor*) {
   no_cuda();
 }
-Tensor batch_norm_inference(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, float,
-                            bool) {
+Tensor inference(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, float, bool) {
   no_cuda();
 }
-void batch_norm_backward_training(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                  float, const Tensor&, Tensor&, Tensor&, Tensor&) {
+void backward_training(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, float,
+                       const Tensor&, Tensor&, Tensor&, Tensor&) {
   no_cuda();
 }
-void batch_norm_backward_inference(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                   float, bool, const Tensor&, Tensor&, Tensor&, Tensor&) {
+void backward_inference(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, float,
+                        bool, const Tensor&, Tensor&, Tensor&, Tensor&) {
   no_cuda();
 }
-}  // namespace gpu
+}  // namespace no_gpu
+
+const GpuBatchNorm* gpu_batch_norm() {
+  static constexpr GpuBatchNorm kNone{no_gpu::training, no_gpu::inference, no_gpu::backward_training,
+                                      no_gpu::backward_inference};
+  return &kNone;
+}
 #endif
 
 void check_channel_param(const char* what, const Tensor& t, const Tensor& x) {
@@ -76,15 +186,15 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
   // itself (its sign is the mask; it shares the output's storage, so it costs no memory).
   Tensor workspace;
   Tensor out;
+  const GpuBatchNorm* gpu = on_gpu ? gpu_batch_norm() : nullptr;
   if (on_gpu) {
-    // In training (and eval without running stats) mean / var receive cuDNN's saved batch mean and
-    // inverse standard deviation, which is what its backward takes; cuDNN also updates the running
-    // stats, with the convention below.
+    // In training (and eval without running stats) mean / var receive the saved batch mean and inverse
+    // standard deviation, which is what the GPU backward takes; the running stats are updated on the
+    // device, with the convention below.
     out = use_global_stats
-              ? gpu::batch_norm_inference(x, weight, bias, mean, var, options.eps, options.fuse_relu)
-              : gpu::batch_norm_training(x, weight, bias, running_mean, running_var, options.momentum,
-                                         options.eps, options.fuse_relu, recording ? &mean : nullptr,
-                                         recording ? &var : nullptr);
+              ? gpu->inference(x, weight, bias, mean, var, options.eps, options.fuse_relu)
+              : gpu->training(x, weight, bias, running_mean, running_var, options.momentum, options.eps,
+                              options.fuse_relu, recording ? &mean : nullptr, recording ? &var : nullptr);
     if (recording && options.fuse_relu) workspace = out.detach();
   } else {
     out = dnnl_impl::batch_norm_forward(x, weight, bias, mean, var, use_global_stats, recording, options.eps,
@@ -117,11 +227,10 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
       dnnl_impl::batch_norm_backward(g.to_format(format), saved_x, saved_w, mean, var, use_global_stats,
                                      with_weight_grads, eps, gx, gw, gb, workspace);
     else if (use_global_stats)
-      gpu::batch_norm_backward_inference(g.to_format(format), saved_x, saved_w, mean, var, eps,
-                                         with_weight_grads, workspace, gx, gw, gb);
+      gpu->backward_inference(g.to_format(format), saved_x, saved_w, mean, var, eps, with_weight_grads,
+                              workspace, gx, gw, gb);
     else
-      gpu::batch_norm_backward_training(g.to_format(format), saved_x, saved_w, mean, var, eps, workspace, gx,
-                                        gw, gb);
+      gpu->backward_training(g.to_format(format), saved_x, saved_w, mean, var, eps, workspace, gx, gw, gb);
     if (needs[0]) grads[0] = gx;
     if (needs[1]) grads[1] = gw;
     if (needs[2]) grads[2] = gb;

@@ -23,8 +23,9 @@ CudnnBatchNormSettings initial_settings() {
   CudnnBatchNormSettings s;
   if (const char* mode = std::getenv("ZSQ_CUDNN_BN")) {
     const std::string v = mode;
-    ZSQ_CHECK(v == "spatial" || v == "persistent",
-              "$ZSQ_CUDNN_BN: unknown value '{}' (spatial or persistent)", v);
+    ZSQ_CHECK(v == "own" || v == "cudnn" || v == "spatial" || v == "persistent",
+              "$ZSQ_CUDNN_BN: unknown value '{}' (own, cudnn, spatial or persistent)", v);
+    s.use_cudnn = v != "own";
     s.persistent = v == "persistent";
   }
   return s;

@@ -1,17 +1,24 @@
-// CUDA batch normalization (batch_norm_cudnn.cpp): cuDNN's batch-norm calls on the tensor's own
-// layout (channels-last or contiguous; [N, C] inputs as [N, C, 1, 1]), plus zsq kernels for the fused
-// ReLU and for the eval-mode backward, which cuDNN lacks. No validation and no autograd: the front
-// function in ops/batch_norm.cpp does both. Outputs and input gradients keep x's format.
+// CUDA batch normalization through cuDNN (batch_norm_cudnn.cpp), selectable instead of zsq's own
+// kernels by the settings below: cuDNN's batch-norm calls on the tensor's own layout (channels-last or
+// contiguous; [N, C] inputs as [N, C, 1, 1]), plus zsq kernels for the fused ReLU and for the eval-mode
+// backward, which cuDNN lacks. No validation and no autograd: the front function in ops/batch_norm.cpp
+// does both. Outputs and input gradients keep x's format.
 #pragma once
 #include "engine/tensor.h"
 
 namespace zsq::ops::cudnn_impl {
 
+// Which kernels ops::batch_norm runs on a GPU. $ZSQ_CUDNN_BN sets the initial value: own (the default) |
+// cudnn or spatial (cuDNN, SPATIAL mode) | persistent (cuDNN, persistent NHWC training).
 struct CudnnBatchNormSettings {
-  // Training on channels-last inputs with CUDNN_BATCHNORM_SPATIAL_PERSISTENT (what PyTorch uses for
-  // channels_last): faster NHWC kernels, but cuDNN documents a narrower range for its reductions
-  // (overflow gives Inf/NaN where SPATIAL stays finite). Off by default; $ZSQ_CUDNN_BN = spatial |
-  // persistent sets the initial value. Falls back to SPATIAL where cuDNN refuses it.
+  // cuDNN's legacy batch-norm API (the functions below) instead of zsq's own kernels
+  // (batch_norm_kernels.h), which are the default: on an H100 cuDNN's NCHW training kernels ran far below
+  // memory bandwidth (bn_bw_1C11_kernel_new ~19x slower than its bytes on [512, 16, 32, 32]).
+  bool use_cudnn = false;
+  // With use_cudnn: training on channels-last inputs with CUDNN_BATCHNORM_SPATIAL_PERSISTENT (what
+  // PyTorch uses for channels_last): faster NHWC kernels, but cuDNN documents a narrower range for its
+  // reductions (overflow gives Inf/NaN where SPATIAL stays finite). Falls back to SPATIAL where cuDNN
+  // refuses it. Ignored by the own kernels.
   bool persistent = false;
 };
 CudnnBatchNormSettings cudnn_batch_norm_settings();
