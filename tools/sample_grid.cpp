@@ -33,7 +33,8 @@ SampleGrid sample_grid(models::Generator& generator, std::int64_t count, std::ui
   Tensor labels = Tensor::empty({n}, DType::s32);
   for (std::int64_t i = 0; i < n; ++i)
     labels.data<std::int32_t>()[i] = config.conditional ? static_cast<std::int32_t>(i / grid.cols) : 0;
-  grid.images = generator.sample(z, labels);
+  const Device device = generator.device();  // drawn on the CPU (same grid on either device), computed there
+  grid.images = generator.sample(z.to(device), labels.to(device));
   return grid;
 }
 
