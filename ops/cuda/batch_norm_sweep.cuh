@@ -20,6 +20,7 @@
 #include "ops/cuda/check.h"
 #include "ops/cuda/context.h"
 #include "ops/cuda/cuda_runtime_api.h"
+#include "ops/cuda/scratch.h"
 
 namespace zsq::cuda::batch_norm_detail {
 
@@ -396,29 +397,6 @@ __global__ void __launch_bounds__(kBlock) apply_columns_kernel(Sweep s, Apply op
 }
 
 // ---- launch helpers -------------------------------------------------------------------------------
-
-// Scratch from zsq's caching allocator; freeing right after the launches is safe because every later
-// use of the block is queued on the same stream.
-class Scratch {
- public:
-  explicit Scratch(std::size_t bytes) {
-    ZSQ_CUDA_CHECK(cudaGetDevice(&device_));
-    if (bytes > 0) ptr_ = alloc(bytes, device_);
-  }
-  ~Scratch() {
-    if (ptr_ != nullptr) cuda::free(ptr_, device_);
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(ptr_);
-  }
-
- private:
-  int device_ = 0;
-  void* ptr_ = nullptr;
-};
 
 // Blocks of Kernel (kBlock threads) resident on the device at once, cached per kernel.
 template <auto Kernel>

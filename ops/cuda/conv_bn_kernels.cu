@@ -8,6 +8,7 @@
 #include "ops/cuda/context.h"
 #include "ops/cuda/conv_bn_kernels.h"
 #include "ops/cuda/cuda_runtime_api.h"
+#include "ops/cuda/scratch.h"
 
 namespace zsq::cuda {
 
@@ -269,24 +270,6 @@ std::int64_t clamp64(std::int64_t v, std::int64_t lo, std::int64_t hi) {
   return v < lo ? lo : (v > hi ? hi : v);
 }
 
-// Scratch from zsq's caching allocator; freeing right after the launches is safe because every later
-// use of the block is queued on the same stream.
-class DeviceScratch {
- public:
-  explicit DeviceScratch(std::size_t bytes) {
-    ZSQ_CUDA_CHECK(cudaGetDevice(&device_));
-    ptr_ = zsq::cuda::alloc(bytes, device_);
-  }
-  ~DeviceScratch() { zsq::cuda::free(ptr_, device_); }
-  DeviceScratch(const DeviceScratch&) = delete;
-  DeviceScratch& operator=(const DeviceScratch&) = delete;
-  float* f32() const { return static_cast<float*>(ptr_); }
-
- private:
-  int device_ = 0;
-  void* ptr_ = nullptr;
-};
-
 }  // namespace
 
 void conv_epilogue_channels_last(float* out, const float* bias, const float* residual, std::int64_t rows,
@@ -358,27 +341,28 @@ void batch_norm_eval_backward_params(const float* grad, const float* relu_output
     const std::int64_t tiles = ceil_div(C, kTileChannels);
     const std::int64_t parts =
         clamp64(ceil_div(target_blocks, tiles), 1, clamp64(ceil_div(rows, kTileRows), 1, kMaxParts));
-    DeviceScratch partials(static_cast<std::size_t>(2 * parts * C) * sizeof(float));
+    Scratch partials(static_cast<std::size_t>(2 * parts * C) * sizeof(float));
     const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(parts));
     const dim3 block(kTileChannels, kTileRows);
-    bn_params_rows_kernel<<<grid, block, 0, stream()>>>(grad, relu_output, x, mean, rows, C, partials.f32(),
-                                                        partials.f32() + parts * C);
+    bn_params_rows_kernel<<<grid, block, 0, stream()>>>(
+        grad, relu_output, x, mean, rows, C, partials.as<float>(), partials.as<float>() + parts * C);
     ZSQ_CUDA_LAUNCH_CHECK();
     bn_params_finish_kernel<<<grid_for(C), kThreads, 0, stream()>>>(
-        partials.f32(), partials.f32() + parts * C, parts, C, var, eps, dgamma, dbeta);
+        partials.as<float>(), partials.as<float>() + parts * C, parts, C, var, eps, dgamma, dbeta);
     ZSQ_CUDA_LAUNCH_CHECK();
     return;
   }
   const std::int64_t count = layout.n * layout.spatial;
   const std::int64_t parts =
       clamp64(ceil_div(target_blocks, C), 1, clamp64(ceil_div(count, kPlaneThreads), 1, kMaxParts));
-  DeviceScratch partials(static_cast<std::size_t>(2 * parts * C) * sizeof(float));
+  Scratch partials(static_cast<std::size_t>(2 * parts * C) * sizeof(float));
   const dim3 grid(static_cast<unsigned>(C), static_cast<unsigned>(parts));
-  bn_params_planes_kernel<<<grid, kPlaneThreads, 0, stream()>>>(
-      grad, relu_output, x, mean, layout.n, C, layout.spatial, partials.f32(), partials.f32() + parts * C);
+  bn_params_planes_kernel<<<grid, kPlaneThreads, 0, stream()>>>(grad, relu_output, x, mean, layout.n, C,
+                                                                layout.spatial, partials.as<float>(),
+                                                                partials.as<float>() + parts * C);
   ZSQ_CUDA_LAUNCH_CHECK();
-  bn_params_finish_kernel<<<grid_for(C), kThreads, 0, stream()>>>(partials.f32(), partials.f32() + parts * C,
-                                                                  parts, C, var, eps, dgamma, dbeta);
+  bn_params_finish_kernel<<<grid_for(C), kThreads, 0, stream()>>>(
+      partials.as<float>(), partials.as<float>() + parts * C, parts, C, var, eps, dgamma, dbeta);
   ZSQ_CUDA_LAUNCH_CHECK();
 }
 

@@ -11,6 +11,7 @@
 #include "ops/cuda/context.h"
 #include "ops/cuda/cuda_runtime_api.h"
 #include "ops/cuda/fake_quant.h"
+#include "ops/cuda/scratch.h"
 
 namespace zsq::cuda {
 namespace {
@@ -25,24 +26,6 @@ constexpr std::int64_t kWarpChannelMax = 1024;
 // A channel is split across blocks only into pieces at least this long (less work per block than this
 // costs more in the second pass than it gains in parallelism).
 constexpr std::int64_t kBlockChunkMin = 4096;
-
-// Device memory for block partials, returned to zsq's cache when the launcher returns: every later
-// use of the block is queued on the same stream after the kernels that read it.
-class Scratch {
- public:
-  explicit Scratch(std::size_t bytes) {
-    ZSQ_CUDA_CHECK(cudaGetDevice(&device_));
-    ptr_ = alloc(bytes, device_);
-  }
-  ~Scratch() { cuda::free(ptr_, device_); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  void* get() const { return ptr_; }
-
- private:
-  int device_ = 0;
-  void* ptr_ = nullptr;
-};
 
 struct Grid1 {
   float delta, qmin, qmax;

@@ -15,6 +15,7 @@
 #include "ops/cuda/context.h"
 #include "ops/cuda/cuda_runtime_api.h"
 #include "ops/cuda/pool.h"
+#include "ops/cuda/scratch.h"
 
 namespace zsq::cuda {
 
@@ -137,24 +138,6 @@ __global__ void combine_splits(const float* __restrict__ part_value,
     store(t, p, acc);
   }
 }
-
-// Device scratch from zsq's caching allocator, returned when the launcher leaves. Safe without a
-// synchronization: all work is on one stream, so a later user of the block is queued after our kernels.
-class Scratch {
- public:
-  explicit Scratch(std::size_t bytes) {
-    ZSQ_CUDA_CHECK(cudaGetDevice(&device_));
-    ptr_ = alloc(bytes, device_);
-  }
-  ~Scratch() { cuda::free(ptr_, device_); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  void* get() const { return ptr_; }
-
- private:
-  void* ptr_ = nullptr;
-  int device_ = 0;
-};
 
 // Splits S when the unsplit grid would leave most of the GPU idle, keeping at least min_chunk
 // positions per split so each thread still streams several elements.

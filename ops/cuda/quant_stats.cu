@@ -11,6 +11,7 @@
 #include "ops/cuda/context.h"
 #include "ops/cuda/cuda_runtime_api.h"
 #include "ops/cuda/quant_stats.h"
+#include "ops/cuda/scratch.h"
 
 namespace zsq::cuda {
 namespace {
@@ -18,24 +19,6 @@ namespace {
 using reduce_detail::block_reduce;
 using reduce_detail::kFullMask;
 using reduce_detail::kWarp;
-
-// Device memory for a launcher's intermediate results, back to zsq's cache when the launcher returns
-// (later users of the block are queued after the kernels that read it).
-class Scratch {
- public:
-  explicit Scratch(std::size_t bytes) {
-    ZSQ_CUDA_CHECK(cudaGetDevice(&device_));
-    ptr_ = alloc(bytes, device_);
-  }
-  ~Scratch() { cuda::free(ptr_, device_); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  void* get() const { return ptr_; }
-
- private:
-  int device_ = 0;
-  void* ptr_ = nullptr;
-};
 
 // ---- min / max / non-finite count ----
 

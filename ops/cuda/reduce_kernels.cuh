@@ -25,6 +25,7 @@
 #include "ops/cuda/context.h"
 #include "ops/cuda/cuda_runtime_api.h"
 #include "ops/cuda/reduce.h"
+#include "ops/cuda/scratch.h"
 
 namespace zsq::cuda::reduce_detail {
 
@@ -440,29 +441,6 @@ __global__ void __launch_bounds__(kBlock)
     }
   }
 }
-
-// Device memory from the caching allocator for the duration of a launcher. Freeing right after the
-// launches is safe: all zsq work is on one stream, so a later user of the block runs after them.
-class Scratch {
- public:
-  explicit Scratch(std::size_t bytes) {
-    ZSQ_CUDA_CHECK(cudaGetDevice(&device_));
-    if (bytes > 0) ptr_ = alloc(bytes, device_);
-  }
-  ~Scratch() {
-    if (ptr_ != nullptr) cuda::free(ptr_, device_);
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(ptr_);
-  }
-
- private:
-  void* ptr_ = nullptr;
-  int device_ = 0;
-};
 
 inline i64 ceil_div(i64 a, i64 b) {
   return (a + b - 1) / b;
