@@ -49,7 +49,8 @@ run_steps() {
   mkdir -p "$out" "$work"
   tar -C "$work" -xJf "$bundle/bundle.tar.xz"
   export LD_LIBRARY_PATH="$work/lib:$(cuda_library_path):${LD_LIBRARY_PATH:-}"
-  export ZSQ_SOURCE_DIR="$PWD" ZSQ_TEACHER="$PWD/models/pretrained/resnet20.safetensors"
+  # ZSQ_BINARY_DIR: the tests that drive the zsq binary (test_cuda_cli) find it there.
+  export ZSQ_SOURCE_DIR="$PWD" ZSQ_TEACHER="$PWD/models/pretrained/resnet20.safetensors" ZSQ_BINARY_DIR="$work/bin"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$out/gpu.txt"
   local summary="$out/summary.txt" failed=0
   : >"$summary"
