@@ -210,12 +210,11 @@ void add_train_command(CLI::App& app) {
     ZSQ_CHECK(!o->resume && o->stop_after_epoch == 0 && o->width_mult == 0,
               "zsq train --student: --resume, --stop-after-epoch and --width-mult are for teacher training");
     const Device device = apply_common_options(o->common);
-    ZSQ_CHECK(device.is_cpu(), "zsq train --student runs on the CPU only (--device {} given)",
-              o->common.device);
     run_train_student({.student = o->student,
                        .teacher = o->teacher,
                        .data = o->data,
                        .out = o->out,
+                       .device = device,
                        .steps = o->steps,
                        .batch = o->batch,
                        .calibrate_batches = o->calibrate_batches,

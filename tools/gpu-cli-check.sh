@@ -57,6 +57,13 @@ quantize() {  # quantize DEVICE METHOD EXTRA...
   note "$line"
 }
 for dev in cpu cuda; do quantize $dev gaussian; done
+if [ -f "$data/t10k-images-idx3-ubyte.gz" ] && [ -f "$runs/q_gaussian_cuda/student.safetensors" ]; then
+  for dev in cpu cuda; do  # the real-data upper bound (train --student), 100 KD steps
+    s=$(timed "train_student_$dev" "$zsq" train --student "$runs/q_gaussian_cuda/student.safetensors" --teacher "$teacher" \
+      --steps 100 --batch 128 --seed 0 --data "$data" --device $dev --out "$runs/finetuned_$dev.safetensors") &&
+      note "train --student (gaussian W4A4, 100 KD steps on real images) --device $dev: $(grep -o 'test accuracy [0-9.]*%, was [0-9.]*%' "$runs/train_student_$dev.log" | tail -1) (${s}s)"
+  done
+fi
 quantize cuda gdfq --budget quick
 quantize cuda zaq --budget quick
 for method in zeroq gznq; do

@@ -33,6 +33,8 @@ void run_train_student(const StudentFinetuneOptions& o) {
   ZSQ_CHECK(teacher.spec.name == student->spec().name && teacher.spec.config == student->spec().config,
             "{} is a {} {}, but the student {} is a {} {}", o.teacher, teacher.spec.name,
             teacher.spec.config.dump(), o.student, student->spec().name, student->spec().config.dump());
+  teacher.model->to(o.device);
+  student->to(o.device);
 
   auto train = load_fashion_mnist(o.data, Split::train);
   if (o.limit > 0 && o.limit < train.size()) {
@@ -55,7 +57,7 @@ void run_train_student(const StudentFinetuneOptions& o) {
         calibration.start_epoch(calibration.epoch() + 1);
         calibration.next(images, labels);
       }
-      return images;
+      return images.to(o.device);
     });
     if (o.test)
       fmt::print(stderr, "ranges re-observed on {} batches of real training images: test accuracy {:.2f}%\n",
@@ -71,7 +73,7 @@ void run_train_student(const StudentFinetuneOptions& o) {
       loader.start_epoch(loader.epoch() + 1);
       loader.next(images, labels);
     }
-    return images;
+    return images.to(o.device);
   };
   Progress progress("kd-real", o.steps, "img");
   double last_eval = NAN;

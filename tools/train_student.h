@@ -9,10 +9,13 @@
 #include <string>
 #include <vector>
 
+#include "engine/device.h"
+
 namespace zsq::cli {
 
 struct StudentFinetuneOptions {
   std::string student, teacher, data, out;
+  Device device;  // where the teacher, the student and the batches live
   std::int64_t steps = 1000;
   std::int64_t batch = 128;
   std::int64_t calibrate_batches = 4;  // re-observe the activation ranges on real images first; 0 keeps them
