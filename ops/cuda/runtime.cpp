@@ -90,6 +90,10 @@ class DeviceCache {
 
   void release_cached_locked() {
     cudaDeviceSynchronize();  // queued work may still read a cached block
+    // Each block is freed on its own device; the caller's current device is restored afterwards, since
+    // alloc() remembers the device it last set and skips cudaSetDevice when it is unchanged.
+    int caller_device = 0;
+    cudaGetDevice(&caller_device);
     for (auto& [k, blocks] : free_) {
       for (void* p : blocks) {
         cudaSetDevice(static_cast<int>(k % 16));
@@ -97,6 +101,7 @@ class DeviceCache {
       }
       blocks.clear();
     }
+    cudaSetDevice(caller_device);
     stats_.cached = 0;
   }
 
