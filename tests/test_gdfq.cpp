@@ -321,3 +321,36 @@ TEST_CASE(
   CHECK(flat_state(c.student->model()) == flat_state(a.student->model()));
   CHECK(range_states(*c.student) == range_states(*a.student));
 }
+
+TEST_CASE(
+    "GDFQ replay + augment: the student's batch mixes past images and is transformed, the teacher labels "
+    "it; a killed and resumed run ends exactly as an uninterrupted one") {
+  auto options = tiny();
+  options.q_ce_weight = 0.0f, options.replay = 8, options.replay_fraction = 0.5f,
+  options.augment = "flip_shift";
+  options.augment_shift = 1;
+  Setup a(7), b(7);
+  quant::GdfqTrainer full(*a.teacher, *a.student, options);
+  full.run(nullptr, nullptr);
+  auto plain = options;
+  plain.replay = 0, plain.augment = "none";
+  quant::GdfqTrainer plain_trainer(*b.teacher, *b.student, plain);
+  plain_trainer.run(nullptr, nullptr);
+  CHECK(flat_state(a.student->model()) != flat_state(b.student->model()));
+
+  Setup c(7);
+  auto resumed = killed_and_resumed(7, options, 2, c);
+  CHECK(flat_state(c.student->model()) == flat_state(a.student->model()));
+  CHECK(flat_state(resumed->generator()) == flat_state(full.generator()));
+
+  Setup s(7);
+  auto bad = options;
+  bad.q_ce_weight = 1.0f;
+  CHECK_THROWS_WITH_AS(quant::GdfqTrainer(*s.teacher, *s.student, bad), doctest::Contains("q_ce_weight"),
+                       Error);
+  bad = options, bad.replay_fraction = 0.0f;
+  CHECK_THROWS_WITH_AS(quant::GdfqTrainer(*s.teacher, *s.student, bad), doctest::Contains("replay_fraction"),
+                       Error);
+  bad = options, bad.augment = "crop";
+  CHECK_THROWS_WITH_AS(quant::GdfqTrainer(*s.teacher, *s.student, bad), doctest::Contains("augment"), Error);
+}

@@ -306,3 +306,50 @@ TEST_CASE("ZAQ q_kd_weight: the student's loss is q_output_weight * L1 + alpha *
   CHECK_THROWS_WITH_AS(quant::ZaqTrainer(*s.teacher, *s.student, bad), doctest::Contains("q_kd_weight"),
                        Error);
 }
+
+TEST_CASE(
+    "ZAQ bns_weight: G's loss gains w * the teacher's BN-statistics loss of its batch; off by default") {
+  auto run = [](float bns_weight, quant::ZaqIteration& r) {
+    ZaqSetup s(2);
+    auto options = quant::ZaqOptions::budget("tiny");
+    options.bns_weight = bns_weight;
+    quant::ZaqTrainer trainer(*s.teacher, *s.student, options);
+    trainer.begin_epoch(0);
+    Rng rng(3);
+    r = trainer.iterate(0, 0, rng);
+    return flat_state(trainer.generator());
+  };
+  quant::ZaqIteration off, on;
+  const auto g_off = run(0.0f, off), g_on = run(4.0f, on);
+  CHECK(off.g_bns == 0.0f);
+  CHECK(on.g_bns > 0.0f);
+  CHECK(on.g_output == doctest::Approx(off.g_output));  // the same G-step batch
+  CHECK(on.g_loss == doctest::Approx(off.g_loss + 4.0f * on.g_bns).epsilon(1e-4));
+  CHECK(g_on != g_off);
+  // The taps are removed after the step: a later plain teacher forward records nothing.
+  ZaqSetup s(2);
+  for (auto* bn : s.teacher->batch_norms()) CHECK_FALSE(static_cast<bool>(bn->input_tap));
+  auto bad = quant::ZaqOptions::budget("tiny");
+  bad.bns_weight = -1.0f;
+  CHECK_THROWS_WITH_AS(quant::ZaqTrainer(*s.teacher, *s.student, bad), doctest::Contains("bns_weight"),
+                       Error);
+}
+
+TEST_CASE("ZAQ augment=flip_shift: the student learns from transformed batches; bad names refused") {
+  auto run = [](const std::string& augment) {
+    ZaqSetup s(2);
+    auto options = quant::ZaqOptions::budget("tiny");
+    options.augment = augment;
+    quant::ZaqTrainer trainer(*s.teacher, *s.student, options);
+    trainer.begin_epoch(0);
+    Rng rng(3);
+    auto r = trainer.iterate(0, 0, rng);
+    CHECK(std::isfinite(r.q_loss));
+    return flat_state(s.student->model());
+  };
+  CHECK(run("flip_shift") != run("none"));
+  ZaqSetup s(2);
+  auto bad = quant::ZaqOptions::budget("tiny");
+  bad.augment = "mixup";
+  CHECK_THROWS_WITH_AS(quant::ZaqTrainer(*s.teacher, *s.student, bad), doctest::Contains("augment"), Error);
+}

@@ -241,10 +241,11 @@ GenerativeRunResult run_generative(const GenerativeRunOptions& o, models::Classi
   return run_trainer<quant::ZaqTrainer, quant::ZaqOptions, It>(
       o, teacher, student, quant::ZaqOptions::budget(o.budget),
       {"q_loss", "q_output", "q_feature", "q_kd", "g_loss", "g_output", "g_feature", "g_activation",
-       "g_label_entropy"},
+       "g_label_entropy", "g_bns"},
       [](const It& r) {
-        return std::vector<float>{r.q_loss,   r.q_output,  r.q_feature,    r.q_kd,           r.g_loss,
-                                  r.g_output, r.g_feature, r.g_activation, r.g_label_entropy};
+        return std::vector<float>{r.q_loss,          r.q_output, r.q_feature, r.q_kd,
+                                  r.g_loss,          r.g_output, r.g_feature, r.g_activation,
+                                  r.g_label_entropy, r.g_bns};
       },
       [](const It& r) {
         return fmt::format("Q {:.4f} (out {:.4f} feat {:.4f}) G {:.4f} (act {:.3f} labels H {:.2f})",

@@ -1,5 +1,6 @@
 #include "quant/methods/gdfq.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "engine/autograd.h"
@@ -7,6 +8,7 @@
 #include "ops/loss.h"
 #include "quant/distill.h"
 #include "quant/losses.h"
+#include "quant/methods/sample_augment.h"
 
 namespace zsq::quant {
 
@@ -64,6 +66,14 @@ std::vector<OptionField> GdfqOptions::fields() {
           {"q_ce_weight", &q_ce_weight, "student cross-entropy weight towards the generator's labels"},
           {"adversarial_weight", &adversarial_weight,
            "after the warm-up, G also maximizes this times KD(Q, P) through Q (0: off, the reference)"},
+          {"augment", &augment,
+           "none, or flip_shift: each student image mirrored (p = 1/2) and shifted by up to augment_shift "
+           "pixels, the teacher's logits taken on the result"},
+          {"augment_shift", &augment_shift, "largest shift (pixels) of augment=flip_shift"},
+          {"replay", &replay,
+           "images kept in a reservoir of past generated samples, mixed into every student batch (0: off)"},
+          {"replay_fraction", &replay_fraction,
+           "share of each student batch drawn from the replay reservoir"},
       });
   return fields;
 }
@@ -111,6 +121,19 @@ GdfqTrainer::GdfqTrainer(models::Classifier& teacher, Student& student, const Gd
   if (options.weight_average > 0)
     average_ = std::make_unique<WeightAverage>(student_.model(), options.weight_average);
   make_range_optimizer(options.range_lr);
+  check_augment_name("gdfq", options.augment);
+  ZSQ_CHECK(options.replay >= 0, "gdfq: replay must be >= 0 images, got {}", options.replay);
+  ZSQ_CHECK(options.replay_fraction > 0.0f && options.replay_fraction < 1.0f,
+            "gdfq: replay_fraction must be in (0, 1), got {}", options.replay_fraction);
+  ZSQ_CHECK(options.q_ce_weight == 0.0f || (options.replay == 0 && options.augment == "none"),
+            "gdfq: q_ce_weight > 0 needs the generator's labels for the student's batch; replay and augment "
+            "change that batch (set q_ce_weight=0)");
+  if (options.replay > 0) {
+    const auto& g = generator_->config();
+    replay_ = std::make_unique<SampleReplay>(options.replay, Shape{g.channels, g.image_size, g.image_size});
+    replayed_ = std::clamp<std::int64_t>(
+        std::llround(options.replay_fraction * static_cast<double>(options.batch)), 1, options.batch - 1);
+  }
 }
 
 void GdfqTrainer::begin_epoch(std::int64_t epoch) {
@@ -174,13 +197,30 @@ GdfqIteration GdfqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, R
   // Student step on the detached images, against the teacher's detached logits.
   Tensor x = images.detach();
   Tensor teacher_logits = pass.logits.detach();
+  const bool augment = options_.augment == "flip_shift";
+  if (replay_ || augment) {
+    // The student's batch differs from the generator's: fresh images (the first batch - replayed_ of
+    // them once the reservoir holds any) plus replayed past ones, then augmented; the teacher labels
+    // exactly what the student sees. The labels of the CE term (q_ce_weight) follow only the plain batch.
+    if (replay_) {
+      const bool mix = replay_->size() > 0;
+      Tensor past = mix ? on_device(replay_->sample(replayed_, rng)) : Tensor();
+      replay_->add(x, rng);  // drawn before adding, so the replayed share is never this step's images
+      if (mix) x = concat_batches(first_rows(x, n - replayed_), past);
+    }
+    if (augment) x = flip_shift(x, options_.augment_shift, rng);
+    NoGrad no_grad;
+    teacher_logits = teacher_.forward(x);
+  }
   Tensor q_logits = student_.model().forward(x);
   Tensor kd = kd_loss(q_logits, teacher_logits, options_.temperature, options_.legacy_kd_mean);
-  Tensor q_ce = ops::cross_entropy(q_logits, labels);
-  Tensor q_loss =
-      ops::add(ops::mul_scalar(kd, options_.kd_alpha), ops::mul_scalar(q_ce, options_.q_ce_weight));
+  Tensor q_loss = ops::mul_scalar(kd, options_.kd_alpha);
+  if (!replay_ && !augment) {  // the labels match the student's batch only without replay and augmentation
+    Tensor q_ce = ops::cross_entropy(q_logits, labels);
+    q_loss = ops::add(q_loss, ops::mul_scalar(q_ce, options_.q_ce_weight));
+    r.q_ce = q_ce.item();
+  }
   r.q_kd = kd.item();
-  r.q_ce = q_ce.item();
   r.q_loss = q_loss.item();
   ZSQ_CHECK(std::isfinite(r.q_loss), "gdfq: student loss became {} at epoch {} iteration {}", r.q_loss,
             epoch + 1, iteration + 1);

@@ -101,4 +101,14 @@ Tensor concat_batches(const Tensor& a, const Tensor& b) {
   return out;
 }
 
+Tensor first_rows(const Tensor& a, std::int64_t rows) {
+  ZSQ_CHECK(a.dim() >= 1 && rows > 0 && rows <= a.size(0), "first_rows: {} rows of {}", rows, a.str());
+  Shape shape = a.shape();
+  shape[0] = rows;
+  Tensor out = Tensor::empty(shape, DType::f32, MemoryFormat::contiguous, a.device());
+  const Tensor ca = a.to_format(MemoryFormat::contiguous);
+  device_copy(out.raw_data(), out.device(), ca.raw_data(), ca.device(), out.nbytes());
+  return out;
+}
+
 }  // namespace zsq::quant

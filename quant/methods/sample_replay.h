@@ -36,5 +36,7 @@ class SampleReplay {
 
 // Rows 0..a.size(0) from `a`, then the rows of `b` (both [N, ...] with equal trailing shapes; no grad).
 Tensor concat_batches(const Tensor& a, const Tensor& b);
+// A copy of rows 0..rows of `a` [N, ...] (contiguous, no grad).
+Tensor first_rows(const Tensor& a, std::int64_t rows);
 
 }  // namespace zsq::quant

@@ -11,6 +11,7 @@
 #include "ops/reduce.h"
 #include "quant/distill.h"
 #include "quant/losses.h"
+#include "quant/methods/sample_augment.h"
 
 namespace zsq::quant {
 
@@ -71,6 +72,13 @@ std::vector<OptionField> ZaqOptions::fields() {
            "images kept in a reservoir of past generated samples, mixed into every student batch (0: off)"},
           {"replay_fraction", &replay_fraction,
            "share of each student batch drawn from the replay reservoir"},
+          {"augment", &augment,
+           "none, or flip_shift: each student image mirrored (p = 1/2) and shifted by up to augment_shift "
+           "pixels, the teacher's logits taken on the result"},
+          {"augment_shift", &augment_shift, "largest shift (pixels) of augment=flip_shift"},
+          {"bns_weight", &bns_weight,
+           "G also minimizes this times the teacher's BN-statistics loss (GDFQ's form) on its batch (0: "
+           "off)"},
       });
   return fields;
 }
@@ -120,6 +128,8 @@ ZaqTrainer::ZaqTrainer(models::Classifier& teacher, Student& student, const ZaqO
       "zaq: q_output_weight and q_kd_weight must be >= 0 and not both 0, temperature > 0 (got {}, {}, {})",
       options.q_output_weight, options.q_kd_weight, options.temperature);
   ZSQ_CHECK(options.replay >= 0, "zaq: replay must be >= 0 images, got {}", options.replay);
+  check_augment_name("zaq", options.augment);
+  ZSQ_CHECK(options.bns_weight >= 0.0f, "zaq: bns_weight must be >= 0, got {}", options.bns_weight);
   ZSQ_CHECK(options.replay_fraction > 0.0f && options.replay_fraction < 1.0f,
             "zaq: replay_fraction must be in (0, 1), got {}", options.replay_fraction);
   Rng init(options.seed ^ 0x7a6171ULL);
@@ -209,6 +219,7 @@ ZaqIteration ZaqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, Rng
         replay_->add(x, rng);
         if (mix) x = concat_batches(x, past);
       }
+      if (options_.augment == "flip_shift") x = flip_shift(x, options_.augment_shift, rng);
     }
     Tensor d_o, d_f, p_logits, q_logits;
     discrepancies(x, false, d_o, d_f, nullptr, &p_logits, &q_logits);
@@ -232,13 +243,31 @@ ZaqIteration ZaqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, Rng
 
   Tensor x = generator_->forward(on_device(randn({options_.batch, latent}, rng)));
   Tensor d_o, d_f, last, p_logits;
-  discrepancies(x, true, d_o, d_f, &last, &p_logits);
+  std::vector<Tensor> bn_inputs;
+  const auto teacher_bns = teacher_.batch_norms();
+  if (options_.bns_weight > 0.0f) {
+    for (auto* bn : teacher_bns) bn->input_tap = [&bn_inputs](const Tensor& t) { bn_inputs.push_back(t); };
+  }
+  try {
+    discrepancies(x, true, d_o, d_f, &last, &p_logits);
+  } catch (...) {
+    for (auto* bn : teacher_bns) bn->input_tap = nullptr;
+    throw;
+  }
+  for (auto* bn : teacher_bns) bn->input_tap = nullptr;
   Tensor activation = ops::mean(ops::relu(last));  // |F| = F after the stage's ReLU
   Tensor gain = ops::add(ops::add(d_o, ops::mul_scalar(d_f, options_.alpha)),
                          ops::mul_scalar(activation, options_.beta));
   Tensor label_entropy = batch_label_entropy(options_.diversity > 0.0f ? p_logits : p_logits.detach());
   if (options_.diversity > 0.0f) gain = ops::add(gain, ops::mul_scalar(label_entropy, options_.diversity));
   Tensor g_loss = ops::mul_scalar(gain, -1.0f);
+  if (options_.bns_weight > 0.0f) {
+    // Keeps the adversarial samples where the teacher's BN statistics say its data lies, so the
+    // discrepancy the student learns to close is one that real inputs could show.
+    Tensor bns = bns_loss_gdfq(bn_inputs, teacher_bns);
+    r.g_bns = bns.item();
+    g_loss = ops::add(g_loss, ops::mul_scalar(bns, options_.bns_weight));
+  }
   r.g_loss = g_loss.item(), r.g_output = d_o.item(), r.g_feature = d_f.item(),
   r.g_activation = activation.item(), r.g_label_entropy = label_entropy.item();
   ZSQ_CHECK(std::isfinite(r.g_loss), "zaq: generator loss became {} at epoch {} iteration {}", r.g_loss,

@@ -54,6 +54,9 @@ struct ZaqOptions {
   std::string lr_schedule = "step";  // step: x0.1 at lr_milestones; cosine: per epoch to 0 at the end
   std::int64_t replay = 0;           // > 0: a reservoir of this many generated images (sample_replay.h)
   float replay_fraction = 0.5f;      // the share of each student batch drawn from the reservoir
+  std::string augment = "none";      // or "flip_shift": the student's batches are flipped/shifted
+  std::int64_t augment_shift = 2;    // largest shift in pixels of flip_shift
+  float bns_weight = 0.0f;           // > 0: G also minimizes this times the BN-statistics loss (GDFQ's form)
   std::uint64_t seed = 0;
 
   // The tunable fields by name (zsq quantize --opt KEY=VALUE); epochs, iterations and batch have their
@@ -77,6 +80,7 @@ struct ZaqIteration {
   float q_kd = 0;                                 // its KD term (q_kd_weight > 0; else 0)
   float g_loss = 0, g_output = 0, g_feature = 0, g_activation = 0;
   float g_label_entropy = 0;  // H of P's batch-mean prediction on the G-step batch (ln 10 = all classes)
+  float g_bns = 0;            // BN-statistics loss of the G-step batch (bns_weight > 0; else 0)
 };
 
 class ZaqTrainer : public GenerativeTrainer<ZaqIteration> {
