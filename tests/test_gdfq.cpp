@@ -354,3 +354,27 @@ TEST_CASE(
   bad = options, bad.augment = "crop";
   CHECK_THROWS_WITH_AS(quant::GdfqTrainer(*s.teacher, *s.student, bad), doctest::Contains("augment"), Error);
 }
+
+TEST_CASE("GDFQ q_steps: more student steps per generator step, on fresh samples; G's step is the same") {
+  auto run = [](std::int64_t q_steps, std::vector<float>& generator) {
+    Setup s(3);
+    auto options = tiny();
+    options.q_steps = q_steps;
+    quant::GdfqTrainer trainer(*s.teacher, *s.student, options);
+    trainer.begin_epoch(1);  // after the warm-up: the student trains
+    Rng rng(9);
+    auto r = trainer.iterate(1, 0, rng);
+    CHECK(r.student_updated);
+    CHECK(std::isfinite(r.q_loss));
+    generator = flat_state(trainer.generator());
+    return flat_state(s.student->model());
+  };
+  std::vector<float> g_one, g_three;
+  const auto one = run(1, g_one), three = run(3, g_three);
+  CHECK(one != three);
+  CHECK(g_one == g_three);
+  Setup s(3);
+  auto bad = tiny();
+  bad.q_steps = 0;
+  CHECK_THROWS_WITH_AS(quant::GdfqTrainer(*s.teacher, *s.student, bad), doctest::Contains("q_steps"), Error);
+}

@@ -122,6 +122,7 @@ GdfqTrainer::GdfqTrainer(models::Classifier& teacher, Student& student, const Gd
     average_ = std::make_unique<WeightAverage>(student_.model(), options.weight_average);
   make_range_optimizer(options.range_lr);
   check_augment_name("gdfq", options.augment);
+  ZSQ_CHECK(options.q_steps >= 1, "gdfq: q_steps must be >= 1, got {}", options.q_steps);
   ZSQ_CHECK(options.replay >= 0, "gdfq: replay must be >= 0 images, got {}", options.replay);
   ZSQ_CHECK(options.replay_fraction > 0.0f && options.replay_fraction < 1.0f,
             "gdfq: replay_fraction must be in (0, 1), got {}", options.replay_fraction);
@@ -194,42 +195,57 @@ GdfqIteration GdfqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, R
   g_loss.backward();
   g_optim_->step();
 
-  // Student step on the detached images, against the teacher's detached logits.
-  Tensor x = images.detach();
-  Tensor teacher_logits = pass.logits.detach();
+  // Student steps. The first uses the generator step's images (detached) and the teacher's logits on
+  // them; each further one (q_steps > 1) fresh images of the updated generator and fresh labels.
+  const bool training = epoch >= options_.warmup_epochs;
   const bool augment = options_.augment == "flip_shift";
-  if (replay_ || augment) {
-    // The student's batch differs from the generator's: fresh images (the first batch - replayed_ of
-    // them once the reservoir holds any) plus replayed past ones, then augmented; the teacher labels
-    // exactly what the student sees. The labels of the CE term (q_ce_weight) follow only the plain batch.
-    if (replay_) {
-      const bool mix = replay_->size() > 0;
-      Tensor past = mix ? on_device(replay_->sample(replayed_, rng)) : Tensor();
-      replay_->add(x, rng);  // drawn before adding, so the replayed share is never this step's images
-      if (mix) x = concat_batches(first_rows(x, n - replayed_), past);
+  const std::int64_t steps = training ? options_.q_steps : 1;
+  for (std::int64_t k = 0; k < steps; ++k) {
+    Tensor x, teacher_logits, step_labels = labels;
+    if (k == 0) {
+      x = images.detach();
+      teacher_logits = pass.logits.detach();
+    } else {
+      NoGrad no_grad;
+      step_labels = on_device(random_labels(n, teacher_.num_classes(), rng));
+      x = generator_->sample(on_device(randn({n, generator_->config().latent}, rng)), step_labels);
+      teacher_logits = teacher_.forward(x);
     }
-    if (augment) x = flip_shift(x, options_.augment_shift, rng);
-    NoGrad no_grad;
-    teacher_logits = teacher_.forward(x);
-  }
-  Tensor q_logits = student_.model().forward(x);
-  Tensor kd = kd_loss(q_logits, teacher_logits, options_.temperature, options_.legacy_kd_mean);
-  Tensor q_loss = ops::mul_scalar(kd, options_.kd_alpha);
-  if (!replay_ && !augment) {  // the labels match the student's batch only without replay and augmentation
-    Tensor q_ce = ops::cross_entropy(q_logits, labels);
-    q_loss = ops::add(q_loss, ops::mul_scalar(q_ce, options_.q_ce_weight));
-    r.q_ce = q_ce.item();
-  }
-  r.q_kd = kd.item();
-  r.q_loss = q_loss.item();
-  ZSQ_CHECK(std::isfinite(r.q_loss), "gdfq: student loss became {} at epoch {} iteration {}", r.q_loss,
-            epoch + 1, iteration + 1);
-  if (epoch >= options_.warmup_epochs) {
-    zero_student_grads();
-    q_loss.backward();
-    step_student();
-    check_student_finite(epoch, iteration, r.q_loss, q_optim_->lr());
-    r.student_updated = true;
+    // With replay or augmentation the student's batch differs from the generator's: fresh images (the
+    // first batch - replayed_ of them once the reservoir holds any) plus replayed past ones, then
+    // augmented; the teacher labels exactly what the student sees. Neither runs in the warm-up, when the
+    // student does not train (so the reservoir holds only images of a generator that learned its classes).
+    const bool remade = training && (replay_ || augment);
+    if (remade) {
+      if (replay_) {
+        const bool mix = replay_->size() > 0;
+        Tensor past = mix ? on_device(replay_->sample(replayed_, rng)) : Tensor();
+        replay_->add(x, rng);  // drawn before adding, so the replayed share is never this step's images
+        if (mix) x = concat_batches(first_rows(x, n - replayed_), past);
+      }
+      if (augment) x = flip_shift(x, options_.augment_shift, rng);
+      NoGrad no_grad;
+      teacher_logits = teacher_.forward(x);
+    }
+    Tensor q_logits = student_.model().forward(x);
+    Tensor kd = kd_loss(q_logits, teacher_logits, options_.temperature, options_.legacy_kd_mean);
+    Tensor q_loss = ops::mul_scalar(kd, options_.kd_alpha);
+    if (!remade) {  // the generator's labels match the student's batch only without replay and augmentation
+      Tensor q_ce = ops::cross_entropy(q_logits, step_labels);
+      q_loss = ops::add(q_loss, ops::mul_scalar(q_ce, options_.q_ce_weight));
+      r.q_ce = q_ce.item();
+    }
+    r.q_kd = kd.item();
+    r.q_loss = q_loss.item();
+    ZSQ_CHECK(std::isfinite(r.q_loss), "gdfq: student loss became {} at epoch {} iteration {}", r.q_loss,
+              epoch + 1, iteration + 1);
+    if (training) {
+      zero_student_grads();
+      q_loss.backward();
+      step_student();
+      check_student_finite(epoch, iteration, r.q_loss, q_optim_->lr());
+      r.student_updated = true;
+    }
   }
   return r;
 }

@@ -56,6 +56,7 @@ struct GdfqOptions {
   std::int64_t augment_shift = 2;  // largest shift in pixels of flip_shift
   std::int64_t replay = 0;         // > 0: reservoir of past generated images mixed into the student's batch
   float replay_fraction = 0.5f;    // share of the student's batch drawn from the reservoir
+  std::int64_t q_steps = 1;        // student steps per generator step (the reference: 1)
   std::uint64_t seed = 0;
 
   // The tunable fields by name (zsq quantize --opt KEY=VALUE); epochs, iterations and batch have their
