@@ -353,3 +353,45 @@ TEST_CASE("ZAQ augment=flip_shift: the student learns from transformed batches; 
   bad.augment = "mixup";
   CHECK_THROWS_WITH_AS(quant::ZaqTrainer(*s.teacher, *s.student, bad), doctest::Contains("augment"), Error);
 }
+
+TEST_CASE("ZAQ recalibrate_epochs: a later listed epoch re-observes the ranges on the trained student") {
+  Rng rng(6);
+  auto spec = tiny_resnet_spec();
+  auto teacher = tiny_resnet_teacher(rng);
+  auto config = quant::QConfig::paper(4, 4);
+  config.act_observer = quant::ObserverKind::mse;
+  quant::Student student(spec, *teacher, config);
+  auto options = quant::ZaqOptions::budget("tiny");
+  options.epochs = 4, options.freeze_epochs = 1, options.recalibrate_batches = 2;
+  options.recalibrate_epochs = {3};
+  options.q_lr = 0.05f;  // the student must move between the recalibrations
+  quant::ZaqTrainer trainer(*teacher, student, options);
+  auto states = [&] {
+    std::vector<std::vector<float>> out;
+    for (auto& site : student.activation_sites()) out.push_back(site.observer->state());
+    return out;
+  };
+  trainer.begin_epoch(0);
+  trainer.iterate(0, 0, rng);
+  trainer.begin_epoch(1);
+  const auto at_freeze = states();
+  trainer.iterate(1, 0, rng);
+  trainer.begin_epoch(2);
+  CHECK(states() == at_freeze);  // epoch 2 is not listed: the frozen ranges stay
+  trainer.iterate(2, 0, rng);
+  trainer.begin_epoch(3);
+  CHECK(states() != at_freeze);
+  for (auto& site : student.activation_sites())
+    if (site.observations > 0) CHECK(site.observations == 2);
+
+  auto bad = options;
+  bad.recalibrate_epochs = {1};  // not after the freeze
+  CHECK_THROWS_WITH_AS(quant::ZaqTrainer(*teacher, student, bad), doctest::Contains("recalibrate_epochs"),
+                       Error);
+  bad.recalibrate_epochs = {4};  // past the last epoch
+  CHECK_THROWS_WITH_AS(quant::ZaqTrainer(*teacher, student, bad), doctest::Contains("recalibrate_epochs"),
+                       Error);
+  bad.recalibrate_epochs = {2}, bad.recalibrate_batches = 0;
+  CHECK_THROWS_WITH_AS(quant::ZaqTrainer(*teacher, student, bad), doctest::Contains("recalibrate_batches"),
+                       Error);
+}

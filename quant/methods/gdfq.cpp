@@ -104,6 +104,8 @@ GdfqTrainer::GdfqTrainer(models::Classifier& teacher, Student& student, const Gd
   auto config = models::GeneratorConfig::gdfq(teacher.num_classes(), 1);
   config.gdfq_bn_eps_quirk = options.bn_eps_quirk;
   check_recalibrate_source("gdfq", options.recalibrate_source);
+  check_recalibrate_epochs("gdfq", options.recalibrate_epochs, options.freeze_epochs, options.epochs,
+                           options.recalibrate_batches);
   ZSQ_CHECK(options.generator_init == "torch" || options.generator_init == "he_fan_out",
             "gdfq: generator_init must be torch or he_fan_out, got '{}'", options.generator_init);
   config.conv_init =
@@ -147,7 +149,7 @@ void GdfqTrainer::begin_epoch(std::int64_t epoch) {
   else
     student_.unfreeze_ranges();
   student_.set_phase(Phase::quantized);
-  if (epoch == o.freeze_epochs && o.recalibrate_batches > 0) {
+  if (recalibrates_at(epoch, o.freeze_epochs, o.recalibrate_batches, o.recalibrate_epochs)) {
     recalibrate_ranges(epoch, o.recalibrate_batches, [this](Rng& rng) {
       const auto n = options_.batch;
       if (options_.recalibrate_source == "gaussian")

@@ -47,6 +47,7 @@ struct GdfqOptions {
   std::vector<std::int64_t> lr_milestones{100, 200, 300};  // epochs, x0.1 for both optimizers
   std::int64_t recalibrate_batches = 0;          // > 0: fresh ranges from the generator when they freeze
   std::string recalibrate_source = "generator";  // or "gaussian": N(0, 1) images, as the gaussian baseline
+  std::vector<std::int64_t> recalibrate_epochs;  // later epochs that re-observe the ranges too
   float weight_average = 0.0f;       // > 0: the student handed out is an EMA of its weights with this decay
   float range_lr = 1e-3f;            // Adam lr of learned activation ranges (act_range=learned)
   std::string lr_schedule = "step";  // step: x0.1 at lr_milestones; cosine: per epoch to 0 at the end

@@ -4,6 +4,7 @@
 // Every epoch draws from an RNG derived from (seed, method stream, epoch), so a run resumed at an epoch
 // boundary replays exactly what an uninterrupted run would have done.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <memory>
@@ -34,6 +35,27 @@ inline float epoch_learning_rate(float base, const std::string& schedule,
 inline void check_recalibrate_source(const char* method, const std::string& source) {
   ZSQ_CHECK(source == "generator" || source == "gaussian",
             "{}: recalibrate_source must be generator or gaussian, got '{}'", method, source);
+}
+
+// Whether an epoch starts by re-observing the ranges (recalibrate_batches > 0): the epoch where they
+// freeze, and each later one listed in recalibrate_epochs. The list is checked at construction.
+inline bool recalibrates_at(std::int64_t epoch, std::int64_t freeze_epochs, std::int64_t batches,
+                            const std::vector<std::int64_t>& later_epochs) {
+  if (batches <= 0 || freeze_epochs < 0) return false;
+  return epoch == freeze_epochs ||
+         (epoch > freeze_epochs &&
+          std::find(later_epochs.begin(), later_epochs.end(), epoch) != later_epochs.end());
+}
+inline void check_recalibrate_epochs(const char* method, const std::vector<std::int64_t>& later_epochs,
+                                     std::int64_t freeze_epochs, std::int64_t epochs, std::int64_t batches) {
+  for (auto e : later_epochs) {
+    ZSQ_CHECK(batches > 0, "{}: recalibrate_epochs needs recalibrate_batches > 0", method);
+    ZSQ_CHECK(
+        freeze_epochs >= 0 && e > freeze_epochs && e < epochs,
+        "{}: recalibrate_epochs entry {} must lie after the freeze (epoch {}) and before the last epoch "
+        "({})",
+        method, e, freeze_epochs, epochs);
+  }
 }
 
 // What the caller (the CLI) plugs into the epoch loop. quant/ never sees data: test-set evaluation, when

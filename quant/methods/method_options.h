@@ -47,6 +47,9 @@ std::vector<OptionField> training_schedule_fields(Options& o) {
        "what recalibrate_batches observes: the generator's images, or N(0, 1) images (the gaussian "
        "baseline's calibration set)",
        {"generator", "gaussian"}},
+      {"recalibrate_epochs", &o.recalibrate_epochs,
+       "later epochs at whose start the ranges are re-observed the same way, on the student as trained "
+       "so far (needs recalibrate_batches > 0)"},
   };
 }
 

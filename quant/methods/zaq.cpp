@@ -122,6 +122,8 @@ ZaqTrainer::ZaqTrainer(models::Classifier& teacher, Student& student, const ZaqO
   ZSQ_CHECK(options.epochs > 0 && options.iterations > 0 && options.batch > 1 && options.q_steps > 0,
             "zaq: epochs, iterations, q_steps must be positive and batch > 1");
   check_recalibrate_source("zaq", options.recalibrate_source);
+  check_recalibrate_epochs("zaq", options.recalibrate_epochs, options.freeze_epochs, options.epochs,
+                           options.recalibrate_batches);
   ZSQ_CHECK(
       options.q_output_weight >= 0.0f && options.q_kd_weight >= 0.0f &&
           options.q_output_weight + options.q_kd_weight > 0.0f && options.temperature > 0.0f,
@@ -163,7 +165,7 @@ void ZaqTrainer::begin_epoch(std::int64_t epoch) {
   else
     student_.unfreeze_ranges();
   student_.set_phase(Phase::quantized);
-  if (o.freeze_epochs >= 0 && epoch == o.freeze_epochs && o.recalibrate_batches > 0) {
+  if (recalibrates_at(epoch, o.freeze_epochs, o.recalibrate_batches, o.recalibrate_epochs)) {
     recalibrate_ranges(epoch, o.recalibrate_batches, [this](Rng& rng) {
       if (options_.recalibrate_source == "gaussian")
         return on_device(gaussian_inputs(options_.batch, generator_->config().channels,
