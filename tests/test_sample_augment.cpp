@@ -70,3 +70,47 @@ TEST_CASE("flip_shift: bad shapes and shifts are refused with what was passed") 
                        Error);
   CHECK_THROWS_WITH_AS(quant::check_augment_name("zaq", "flip"), doctest::Contains("flip_shift"), Error);
 }
+
+TEST_CASE("mix_pairs: each image is itself or a blend with one other image, at about the asked share") {
+  const std::int64_t N = 400, C = 2, H = 3, W = 3;
+  Rng rng(5);
+  Tensor images = randn({N, C, H, W}, rng);
+  const auto plane = C * H * W;
+  const float* src = images.f32();
+  for (float fraction : {0.0f, 0.3f, 1.0f}) {
+    Rng draws(17);
+    Tensor out = quant::mix_pairs(images, fraction, draws);
+    REQUIRE(out.shape() == images.shape());
+    // Naive reference: replay the same draws and build every image with an explicit loop.
+    Rng replay(17);
+    std::int64_t blended = 0;
+    const float* dst = out.f32();
+    for (std::int64_t n = 0; n < N; ++n) {
+      const bool blend = replay.uniform() < fraction;
+      auto partner = static_cast<std::int64_t>(replay.below(static_cast<std::uint64_t>(N - 1)));
+      if (partner >= n) ++partner;
+      const float lambda = replay.uniform();
+      CHECK(partner != n);
+      for (std::int64_t i = 0; i < plane; ++i) {
+        const float own = src[n * plane + i], other = src[partner * plane + i];
+        const float expected = blend ? lambda * own + (1.0f - lambda) * other : own;
+        CHECK(dst[n * plane + i] == doctest::Approx(expected).epsilon(1e-6));
+      }
+      blended += blend ? 1 : 0;
+    }
+    if (fraction == 0.0f) CHECK(out.to_vector() == images.to_vector());
+    if (fraction == 1.0f) CHECK(blended == N);
+    if (fraction == 0.3f) CHECK(std::abs(static_cast<double>(blended) / N - 0.3) < 0.07);
+  }
+  // With fraction 1 the batch changes (the reference loop above checked how).
+  Rng draws(2);
+  Tensor mixed = quant::mix_pairs(images, 1.0f, draws);
+  CHECK(mixed.to_vector() != images.to_vector());
+  // Bad fractions and unbatched inputs are refused.
+  CHECK_THROWS_WITH_AS(quant::mix_pairs(images, 1.5f, draws), doctest::Contains("fraction"), Error);
+  CHECK_THROWS_WITH_AS(quant::mix_pairs(randn({4}, rng), 0.5f, draws), doctest::Contains("[N, ...]"), Error);
+  CHECK_NOTHROW(quant::check_augment_name("gdfq", "flip_shift+mixup"));
+  CHECK(quant::augment_mixes("flip_shift+mixup"));
+  CHECK(quant::augment_flips_and_shifts("flip_shift+mixup"));
+  CHECK_FALSE(quant::augment_flips_and_shifts("mixup"));
+}

@@ -67,9 +67,12 @@ std::vector<OptionField> GdfqOptions::fields() {
           {"adversarial_weight", &adversarial_weight,
            "after the warm-up, G also maximizes this times KD(Q, P) through Q (0: off, the reference)"},
           {"augment", &augment,
-           "none, or flip_shift: each student image mirrored (p = 1/2) and shifted by up to augment_shift "
-           "pixels, the teacher's logits taken on the result"},
+           "none, flip_shift, mixup or flip_shift+mixup: each student image mirrored (p = 1/2) and shifted "
+           "by up to augment_shift pixels, and/or (mixup) blended with another image of the batch, the "
+           "teacher's logits taken on the result"},
           {"augment_shift", &augment_shift, "largest shift (pixels) of augment=flip_shift"},
+          {"mixup_fraction", &mixup_fraction,
+           "share of the student's images that augment=mixup blends (lambda uniform in [0, 1))"},
           {"replay", &replay,
            "images kept in a reservoir of past generated samples, mixed into every student batch (0: off)"},
           {"replay_fraction", &replay_fraction,
@@ -124,6 +127,8 @@ GdfqTrainer::GdfqTrainer(models::Classifier& teacher, Student& student, const Gd
     average_ = std::make_unique<WeightAverage>(student_.model(), options.weight_average);
   make_range_optimizer(options.range_lr);
   check_augment_name("gdfq", options.augment);
+  ZSQ_CHECK(options.mixup_fraction >= 0.0f && options.mixup_fraction <= 1.0f,
+            "gdfq: mixup_fraction must be in [0, 1], got {}", options.mixup_fraction);
   ZSQ_CHECK(options.q_steps >= 1, "gdfq: q_steps must be >= 1, got {}", options.q_steps);
   ZSQ_CHECK(options.replay >= 0, "gdfq: replay must be >= 0 images, got {}", options.replay);
   ZSQ_CHECK(options.replay_fraction > 0.0f && options.replay_fraction < 1.0f,
@@ -200,7 +205,7 @@ GdfqIteration GdfqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, R
   // Student steps. The first uses the generator step's images (detached) and the teacher's logits on
   // them; each further one (q_steps > 1) fresh images of the updated generator and fresh labels.
   const bool training = epoch >= options_.warmup_epochs;
-  const bool augment = options_.augment == "flip_shift";
+  const bool augment = options_.augment != "none";
   const std::int64_t steps = training ? options_.q_steps : 1;
   for (std::int64_t k = 0; k < steps; ++k) {
     Tensor x, teacher_logits, step_labels = labels;
@@ -225,7 +230,8 @@ GdfqIteration GdfqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, R
         replay_->add(x, rng);  // drawn before adding, so the replayed share is never this step's images
         if (mix) x = concat_batches(first_rows(x, n - replayed_), past);
       }
-      if (augment) x = flip_shift(x, options_.augment_shift, rng);
+      if (augment_flips_and_shifts(options_.augment)) x = flip_shift(x, options_.augment_shift, rng);
+      if (augment_mixes(options_.augment)) x = mix_pairs(x, options_.mixup_fraction, rng);
       NoGrad no_grad;
       teacher_logits = teacher_.forward(x);
     }

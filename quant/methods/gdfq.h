@@ -55,6 +55,7 @@ struct GdfqOptions {
   float adversarial_weight = 0.0f;   // > 0: G also maximizes this times KD(Q, P) after the warm-up
   std::string augment = "none";  // or "flip_shift": the student's batch is flipped/shifted (sample_augment.h)
   std::int64_t augment_shift = 2;  // largest shift in pixels of flip_shift
+  float mixup_fraction = 0.5f;     // share of the student images blended with another by augment=mixup
   std::int64_t replay = 0;         // > 0: reservoir of past generated images mixed into the student's batch
   float replay_fraction = 0.5f;    // share of the student's batch drawn from the reservoir
   std::int64_t q_steps = 1;        // student steps per generator step (the reference: 1)

@@ -7,8 +7,16 @@
 namespace zsq::quant {
 
 void check_augment_name(const char* method, const std::string& name) {
-  ZSQ_CHECK(name == "none" || name == "flip_shift", "{}: augment must be none or flip_shift, got '{}'",
-            method, name);
+  ZSQ_CHECK(name == "none" || name == "flip_shift" || name == "mixup" || name == "flip_shift+mixup",
+            "{}: augment must be none, flip_shift, mixup or flip_shift+mixup, got '{}'", method, name);
+}
+
+bool augment_flips_and_shifts(const std::string& name) {
+  return name == "flip_shift" || name == "flip_shift+mixup";
+}
+
+bool augment_mixes(const std::string& name) {
+  return name == "mixup" || name == "flip_shift+mixup";
 }
 
 Tensor flip_shift(const Tensor& images, std::int64_t max_shift, Rng& rng) {
@@ -37,6 +45,34 @@ Tensor flip_shift(const Tensor& images, std::int64_t max_shift, Rng& rng) {
         }
       }
     }
+  }
+  return out.to(images.device());
+}
+
+Tensor mix_pairs(const Tensor& images, float fraction, Rng& rng) {
+  ZSQ_CHECK(images.dim() >= 2, "mix_pairs: images must be batched [N, ...], got {}", images.str());
+  ZSQ_CHECK(fraction >= 0.0f && fraction <= 1.0f, "mix_pairs: fraction must be in [0, 1], got {}", fraction);
+  const Tensor source = images.to_format(MemoryFormat::contiguous).to(Device::cpu());
+  const auto N = source.size(0);
+  const auto per_image = source.numel() / N;
+  Tensor out = Tensor::empty(source.shape());
+  const float* src = source.f32();
+  float* dst = out.f32();
+  for (std::int64_t n = 0; n < N; ++n) {
+    const bool blend = rng.uniform() < fraction;
+    // A partner among the other N - 1 images: draw in [0, N - 1) and skip n.
+    auto partner =
+        static_cast<std::int64_t>(rng.below(static_cast<std::uint64_t>(std::max<std::int64_t>(N - 1, 1))));
+    if (partner >= n) ++partner;
+    const float lambda = rng.uniform();
+    const float* own = src + n * per_image;
+    float* mixed = dst + n * per_image;
+    if (!blend || N == 1) {
+      std::copy(own, own + per_image, mixed);
+      continue;
+    }
+    const float* other = src + partner * per_image;
+    for (std::int64_t i = 0; i < per_image; ++i) mixed[i] = lambda * own[i] + (1.0f - lambda) * other[i];
   }
   return out.to(images.device());
 }

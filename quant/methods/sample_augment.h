@@ -12,8 +12,11 @@
 
 namespace zsq::quant {
 
-// Names accepted by the methods' `augment` option: "none" or "flip_shift".
+// Names accepted by the methods' `augment` option: "none", "flip_shift", "mixup" or
+// "flip_shift+mixup" (mirror and shift first, then blend).
 void check_augment_name(const char* method, const std::string& name);
+bool augment_flips_and_shifts(const std::string& name);
+bool augment_mixes(const std::string& name);
 
 // Each image of `images` [N, C, H, W] is mirrored left-right with probability 1/2 and shifted by
 // (dy, dx) drawn uniformly from [-max_shift, max_shift]; pixels shifted in from outside repeat the
@@ -21,5 +24,13 @@ void check_augment_name(const char* method, const std::string& name);
 // the input's device (the work is done on the host; no autograd history). max_shift 0 with no flip
 // returns a copy. Draws 3 numbers from `rng` per image.
 Tensor flip_shift(const Tensor& images, std::int64_t max_shift, Rng& rng);
+
+// Mixup between synthetic images (MixMix, Li et al. 2021; Qimera's boundary samples, Choi et al. 2021, do
+// the same in the generator's label space): with probability `fraction` an image becomes
+// lambda * itself + (1 - lambda) * another image of the batch (uniform partner != itself, lambda uniform
+// in [0, 1)); the others are copied. The teacher labels the blends, so the student sees the region between
+// the generator's class-typical images, where the decision boundaries lie, with exact targets. Draws 3
+// numbers from `rng` per image whatever is decided; a batch of one image is copied.
+Tensor mix_pairs(const Tensor& images, float fraction, Rng& rng);
 
 }  // namespace zsq::quant

@@ -73,9 +73,12 @@ std::vector<OptionField> ZaqOptions::fields() {
           {"replay_fraction", &replay_fraction,
            "share of each student batch drawn from the replay reservoir"},
           {"augment", &augment,
-           "none, or flip_shift: each student image mirrored (p = 1/2) and shifted by up to augment_shift "
-           "pixels, the teacher's logits taken on the result"},
+           "none, flip_shift, mixup or flip_shift+mixup: each student image mirrored (p = 1/2) and shifted "
+           "by up to augment_shift pixels, and/or (mixup) blended with another image of the batch, the "
+           "teacher's logits taken on the result"},
           {"augment_shift", &augment_shift, "largest shift (pixels) of augment=flip_shift"},
+          {"mixup_fraction", &mixup_fraction,
+           "share of the student's images that augment=mixup blends (lambda uniform in [0, 1))"},
           {"bns_weight", &bns_weight,
            "G also minimizes this times the teacher's BN-statistics loss (GDFQ's form) on its batch (0: "
            "off)"},
@@ -131,6 +134,8 @@ ZaqTrainer::ZaqTrainer(models::Classifier& teacher, Student& student, const ZaqO
       options.q_output_weight, options.q_kd_weight, options.temperature);
   ZSQ_CHECK(options.replay >= 0, "zaq: replay must be >= 0 images, got {}", options.replay);
   check_augment_name("zaq", options.augment);
+  ZSQ_CHECK(options.mixup_fraction >= 0.0f && options.mixup_fraction <= 1.0f,
+            "zaq: mixup_fraction must be in [0, 1], got {}", options.mixup_fraction);
   ZSQ_CHECK(options.bns_weight >= 0.0f, "zaq: bns_weight must be >= 0, got {}", options.bns_weight);
   ZSQ_CHECK(options.replay_fraction > 0.0f && options.replay_fraction < 1.0f,
             "zaq: replay_fraction must be in (0, 1), got {}", options.replay_fraction);
@@ -221,7 +226,8 @@ ZaqIteration ZaqTrainer::iterate(std::int64_t epoch, std::int64_t iteration, Rng
         replay_->add(x, rng);
         if (mix) x = concat_batches(x, past);
       }
-      if (options_.augment == "flip_shift") x = flip_shift(x, options_.augment_shift, rng);
+      if (augment_flips_and_shifts(options_.augment)) x = flip_shift(x, options_.augment_shift, rng);
+      if (augment_mixes(options_.augment)) x = mix_pairs(x, options_.mixup_fraction, rng);
     }
     Tensor d_o, d_f, p_logits, q_logits;
     discrepancies(x, false, d_o, d_f, nullptr, &p_logits, &q_logits);

@@ -57,6 +57,7 @@ struct ZaqOptions {
   float replay_fraction = 0.5f;      // the share of each student batch drawn from the reservoir
   std::string augment = "none";      // or "flip_shift": the student's batches are flipped/shifted
   std::int64_t augment_shift = 2;    // largest shift in pixels of flip_shift
+  float mixup_fraction = 0.5f;       // share of the student images blended with another by augment=mixup
   float bns_weight = 0.0f;           // > 0: G also minimizes this times the BN-statistics loss (GDFQ's form)
   std::uint64_t seed = 0;
 
