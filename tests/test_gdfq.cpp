@@ -353,6 +353,17 @@ TEST_CASE(
                        Error);
   bad = options, bad.augment = "crop";
   CHECK_THROWS_WITH_AS(quant::GdfqTrainer(*s.teacher, *s.student, bad), doctest::Contains("augment"), Error);
+  bad = options, bad.mixup_fraction = 1.5f;
+  CHECK_THROWS_WITH_AS(quant::GdfqTrainer(*s.teacher, *s.student, bad), doctest::Contains("mixup_fraction"),
+                       Error);
+
+  // Adding mixup changes what the student learns from.
+  auto mixed = options;
+  mixed.augment = "flip_shift+mixup";
+  Setup d(7);
+  quant::GdfqTrainer mixed_trainer(*d.teacher, *d.student, mixed);
+  mixed_trainer.run(nullptr, nullptr);
+  CHECK(flat_state(d.student->model()) != flat_state(a.student->model()));
 }
 
 TEST_CASE("GDFQ q_steps: more student steps per generator step, on fresh samples; G's step is the same") {

@@ -348,9 +348,11 @@ TEST_CASE("ZAQ augment=flip_shift: the student learns from transformed batches; 
     return flat_state(s.student->model());
   };
   CHECK(run("flip_shift") != run("none"));
+  CHECK(run("mixup") != run("none"));
+  CHECK(run("mixup") != run("flip_shift+mixup"));
   ZaqSetup s(2);
   auto bad = quant::ZaqOptions::budget("tiny");
-  bad.augment = "mixup";
+  bad.augment = "crop";
   CHECK_THROWS_WITH_AS(quant::ZaqTrainer(*s.teacher, *s.student, bad), doctest::Contains("augment"), Error);
 }
 
