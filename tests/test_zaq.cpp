@@ -25,6 +25,17 @@ struct ZaqSetup {
     student = std::make_unique<quant::Student>(tiny_resnet_spec(), *teacher, config);
   }
 };
+// Recalibration tests: a student with MSE range observers, and the RNG as left after the teacher's init.
+struct MseSetup {
+  Rng rng;
+  std::shared_ptr<models::Classifier> teacher;
+  std::unique_ptr<quant::Student> student;
+  explicit MseSetup(std::uint64_t seed) : rng(seed), teacher(tiny_resnet_teacher(rng)) {
+    auto config = quant::QConfig::paper(4, 4);
+    config.act_observer = quant::ObserverKind::mse;
+    student = std::make_unique<quant::Student>(tiny_resnet_spec(), *teacher, config);
+  }
+};
 }  // namespace
 
 TEST_CASE(
@@ -97,15 +108,12 @@ TEST_CASE("ZAQ diversity: G's loss gains -diversity * H(batch-mean teacher predi
 
 TEST_CASE("ZAQ recalibrate_batches: the frozen ranges come from fresh generator batches only") {
   auto ranges = [](bool polluted) {
-    Rng rng(6);
-    auto spec = tiny_resnet_spec();
-    auto teacher = tiny_resnet_teacher(rng);
-    auto config = quant::QConfig::paper(4, 4);
-    config.act_observer = quant::ObserverKind::mse;
-    quant::Student student(spec, *teacher, config);
+    MseSetup s(6);
+    auto& rng = s.rng;
+    quant::Student& student = *s.student;
     auto options = quant::ZaqOptions::budget("tiny");
     options.freeze_epochs = 1, options.recalibrate_batches = 2;
-    quant::ZaqTrainer trainer(*teacher, student, options);
+    quant::ZaqTrainer trainer(*s.teacher, student, options);
     trainer.begin_epoch(0);
     trainer.iterate(0, 0, rng);
     if (polluted) {
@@ -130,15 +138,12 @@ TEST_CASE("ZAQ recalibrate_batches: the frozen ranges come from fresh generator 
 
 TEST_CASE("ZAQ recalibrate_source=gaussian: the frozen ranges come from N(0, 1) images, not the generator") {
   auto ranges = [](const std::string& source, float generator_scale) {
-    Rng rng(6);
-    auto spec = tiny_resnet_spec();
-    auto teacher = tiny_resnet_teacher(rng);
-    auto config = quant::QConfig::paper(4, 4);
-    config.act_observer = quant::ObserverKind::mse;
-    quant::Student student(spec, *teacher, config);
+    MseSetup s(6);
+    auto& rng = s.rng;
+    quant::Student& student = *s.student;
     auto options = quant::ZaqOptions::budget("tiny");
     options.freeze_epochs = 1, options.recalibrate_batches = 2, options.recalibrate_source = source;
-    quant::ZaqTrainer trainer(*teacher, student, options);
+    quant::ZaqTrainer trainer(*s.teacher, student, options);
     trainer.begin_epoch(0);
     trainer.iterate(0, 0, rng);
     for (auto& p : trainer.generator().parameters()) {  // a different generator at the freeze
@@ -357,17 +362,14 @@ TEST_CASE("ZAQ augment=flip_shift: the student learns from transformed batches; 
 }
 
 TEST_CASE("ZAQ recalibrate_epochs: a later listed epoch re-observes the ranges on the trained student") {
-  Rng rng(6);
-  auto spec = tiny_resnet_spec();
-  auto teacher = tiny_resnet_teacher(rng);
-  auto config = quant::QConfig::paper(4, 4);
-  config.act_observer = quant::ObserverKind::mse;
-  quant::Student student(spec, *teacher, config);
+  MseSetup s(6);
+  auto& rng = s.rng;
+  quant::Student& student = *s.student;
   auto options = quant::ZaqOptions::budget("tiny");
   options.epochs = 4, options.freeze_epochs = 1, options.recalibrate_batches = 2;
   options.recalibrate_epochs = {3};
   options.q_lr = 0.05f;  // the student must move between the recalibrations
-  quant::ZaqTrainer trainer(*teacher, student, options);
+  quant::ZaqTrainer trainer(*s.teacher, student, options);
   auto states = [&] {
     std::vector<std::vector<float>> out;
     for (auto& site : student.activation_sites()) out.push_back(site.observer->state());
@@ -388,12 +390,12 @@ TEST_CASE("ZAQ recalibrate_epochs: a later listed epoch re-observes the ranges o
 
   auto bad = options;
   bad.recalibrate_epochs = {1};  // not after the freeze
-  CHECK_THROWS_WITH_AS(quant::ZaqTrainer(*teacher, student, bad), doctest::Contains("recalibrate_epochs"),
+  CHECK_THROWS_WITH_AS(quant::ZaqTrainer(*s.teacher, student, bad), doctest::Contains("recalibrate_epochs"),
                        Error);
   bad.recalibrate_epochs = {4};  // past the last epoch
-  CHECK_THROWS_WITH_AS(quant::ZaqTrainer(*teacher, student, bad), doctest::Contains("recalibrate_epochs"),
+  CHECK_THROWS_WITH_AS(quant::ZaqTrainer(*s.teacher, student, bad), doctest::Contains("recalibrate_epochs"),
                        Error);
   bad.recalibrate_epochs = {2}, bad.recalibrate_batches = 0;
-  CHECK_THROWS_WITH_AS(quant::ZaqTrainer(*teacher, student, bad), doctest::Contains("recalibrate_batches"),
+  CHECK_THROWS_WITH_AS(quant::ZaqTrainer(*s.teacher, student, bad), doctest::Contains("recalibrate_batches"),
                        Error);
 }
