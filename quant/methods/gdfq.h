@@ -53,12 +53,12 @@ struct GdfqOptions {
   std::string lr_schedule = "step";  // step: x0.1 at lr_milestones; cosine: per epoch to 0 at the end
   float q_ce_weight = 1.0f;          // weight of the student's cross-entropy towards the generator's labels
   float adversarial_weight = 0.0f;   // > 0: G also maximizes this times KD(Q, P) after the warm-up
-  std::string augment = "none";  // or "flip_shift": the student's batch is flipped/shifted (sample_augment.h)
-  std::int64_t augment_shift = 2;  // largest shift in pixels of flip_shift
-  float mixup_fraction = 0.5f;     // share of the student images blended with another by augment=mixup
-  std::int64_t replay = 0;         // > 0: reservoir of past generated images mixed into the student's batch
-  float replay_fraction = 0.5f;    // share of the student's batch drawn from the reservoir
-  std::int64_t q_steps = 1;        // student steps per generator step (the reference: 1)
+  std::string augment = "none";      // flip_shift, mixup or flip_shift+mixup (sample_augment.h)
+  std::int64_t augment_shift = 2;    // largest shift in pixels of flip_shift
+  float mixup_fraction = 0.5f;       // share of the student images blended with another by augment=mixup
+  std::int64_t replay = 0;           // > 0: reservoir of past generated images mixed into the student's batch
+  float replay_fraction = 0.5f;      // share of the student's batch drawn from the reservoir
+  std::int64_t q_steps = 1;          // student steps per generator step (the reference: 1)
   std::uint64_t seed = 0;
 
   // The tunable fields by name (zsq quantize --opt KEY=VALUE); epochs, iterations and batch have their

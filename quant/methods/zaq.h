@@ -55,7 +55,7 @@ struct ZaqOptions {
   std::string lr_schedule = "step";  // step: x0.1 at lr_milestones; cosine: per epoch to 0 at the end
   std::int64_t replay = 0;           // > 0: a reservoir of this many generated images (sample_replay.h)
   float replay_fraction = 0.5f;      // the share of each student batch drawn from the reservoir
-  std::string augment = "none";      // or "flip_shift": the student's batches are flipped/shifted
+  std::string augment = "none";      // flip_shift, mixup or flip_shift+mixup (sample_augment.h)
   std::int64_t augment_shift = 2;    // largest shift in pixels of flip_shift
   float mixup_fraction = 0.5f;       // share of the student images blended with another by augment=mixup
   float bns_weight = 0.0f;           // > 0: G also minimizes this times the BN-statistics loss (GDFQ's form)
