@@ -227,9 +227,9 @@ TEST_CASE("WeightAverage: an exponential moving average of the parameters; swap 
   Tensor w = params.front().second;
   const float w0 = w.f32()[0];
   quant::WeightAverage average(model, 0.75f);
-  average.update();  // the first update copies
+  average.update(0);  // the first update copies
   w.f32()[0] = w0 + 4.0f;
-  average.update();  // 0.75 * w0 + 0.25 * (w0 + 4)
+  average.update(0);  // 0.75 * w0 + 0.25 * (w0 + 4)
   average.swap();
   CHECK(w.f32()[0] == doctest::Approx(w0 + 1.0f));
   average.swap();
@@ -244,6 +244,33 @@ TEST_CASE("WeightAverage: an exponential moving average of the parameters; swap 
   CHECK_THROWS_WITH_AS(quant::WeightAverage(model, 1.0f), doctest::Contains("decay"), Error);
   Checkpoint empty;
   CHECK_THROWS_WITH_AS(reloaded.load(empty), doctest::Contains("no weight average"), Error);
+}
+
+TEST_CASE("WeightAverage with a start epoch: before it the average is the weights, from it an EMA") {
+  Setup s(4);
+  Module& model = s.student->model();
+  Tensor w = model.named_parameters().front().second;
+  const float w0 = w.f32()[0];
+  quant::WeightAverage average(model, 0.75f, /*start_epoch=*/2);
+  average.update(0);
+  w.f32()[0] = w0 + 8.0f;
+  average.update(1);  // still before the start: a copy, the epoch-0 weights are forgotten
+  w.f32()[0] = w0 + 12.0f;
+  average.update(2);  // 0.75 * (w0 + 8) + 0.25 * (w0 + 12)
+  average.swap();
+  CHECK(w.f32()[0] == doctest::Approx(w0 + 9.0f));
+  average.swap();
+  // A plain average (start 0) keeps the epoch-0 weights in: 0.75 * (0.75 w0 + 0.25 (w0 + 8)) + 0.25 (w0 +
+  // 12).
+  w.f32()[0] = w0;
+  quant::WeightAverage plain(model, 0.75f);
+  plain.update(0);
+  w.f32()[0] = w0 + 8.0f;
+  plain.update(1);
+  w.f32()[0] = w0 + 12.0f;
+  plain.update(2);
+  plain.swap();
+  CHECK(w.f32()[0] == doctest::Approx(w0 + 4.5f));
 }
 
 TEST_CASE("GDFQ with weight_average: the final student is the average, and a resumed run ends the same") {
@@ -263,6 +290,22 @@ TEST_CASE("GDFQ with weight_average: the final student is the average, and a res
   Setup c(6);
   killed_and_resumed(6, options, 2, c);
   CHECK(flat_state(c.student->model()) == flat_state(a.student->model()));
+
+  // Averaging from the last epoch only (3 epochs: in the tiny budget's first the student does not train):
+  // another final student than averaging from the start, and a resume still ends the same.
+  auto early = options, late = options;
+  early.epochs = late.epochs = 3;
+  late.weight_average_epoch = 2;
+  Setup d(6), e(6), f(6);
+  quant::GdfqTrainer late_run(*d.teacher, *d.student, late), early_run(*f.teacher, *f.student, early);
+  late_run.run(nullptr, nullptr);
+  early_run.run(nullptr, nullptr);
+  CHECK(flat_state(d.student->model()) != flat_state(f.student->model()));
+  killed_and_resumed(6, late, 2, e);
+  CHECK(flat_state(e.student->model()) == flat_state(d.student->model()));
+  late.weight_average_epoch = options.epochs;
+  CHECK_THROWS_WITH_AS(quant::GdfqTrainer(*e.teacher, *e.student, late),
+                       doctest::Contains("weight_average_epoch"), Error);
 }
 
 TEST_CASE("epoch_learning_rate: x0.1 at each milestone, or a per-epoch cosine to 0") {

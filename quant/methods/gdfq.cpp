@@ -107,6 +107,9 @@ GdfqTrainer::GdfqTrainer(models::Classifier& teacher, Student& student, const Gd
   auto config = models::GeneratorConfig::gdfq(teacher.num_classes(), 1);
   config.gdfq_bn_eps_quirk = options.bn_eps_quirk;
   check_recalibrate_source("gdfq", options.recalibrate_source);
+  ZSQ_CHECK(options.weight_average_epoch >= 0 && options.weight_average_epoch < options.epochs,
+            "gdfq: weight_average_epoch must be in [0, epochs) = [0, {}), got {}", options.epochs,
+            options.weight_average_epoch);
   check_recalibrate_epochs("gdfq", options.recalibrate_epochs, options.freeze_epochs, options.epochs,
                            options.recalibrate_batches);
   ZSQ_CHECK(options.generator_init == "torch" || options.generator_init == "he_fan_out",
@@ -124,7 +127,8 @@ GdfqTrainer::GdfqTrainer(models::Classifier& teacher, Student& student, const Gd
                                                                       .weight_decay = options.q_weight_decay,
                                                                       .nesterov = true});
   if (options.weight_average > 0)
-    average_ = std::make_unique<WeightAverage>(student_.model(), options.weight_average);
+    average_ = std::make_unique<WeightAverage>(student_.model(), options.weight_average,
+                                               options.weight_average_epoch);
   make_range_optimizer(options.range_lr);
   check_augment_name("gdfq", options.augment);
   ZSQ_CHECK(options.mixup_fraction >= 0.0f && options.mixup_fraction <= 1.0f,

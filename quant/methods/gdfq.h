@@ -48,17 +48,18 @@ struct GdfqOptions {
   std::int64_t recalibrate_batches = 0;          // > 0: fresh ranges from the generator when they freeze
   std::string recalibrate_source = "generator";  // or "gaussian": N(0, 1) images, as the gaussian baseline
   std::vector<std::int64_t> recalibrate_epochs;  // later epochs that re-observe the ranges too
-  float weight_average = 0.0f;       // > 0: the student handed out is an EMA of its weights with this decay
-  float range_lr = 1e-3f;            // Adam lr of learned activation ranges (act_range=learned)
-  std::string lr_schedule = "step";  // step: x0.1 at lr_milestones; cosine: per epoch to 0 at the end
-  float q_ce_weight = 1.0f;          // weight of the student's cross-entropy towards the generator's labels
-  float adversarial_weight = 0.0f;   // > 0: G also maximizes this times KD(Q, P) after the warm-up
-  std::string augment = "none";      // flip_shift, mixup or flip_shift+mixup (sample_augment.h)
-  std::int64_t augment_shift = 2;    // largest shift in pixels of flip_shift
-  float mixup_fraction = 0.5f;       // share of the student images blended with another by augment=mixup
-  std::int64_t replay = 0;           // > 0: reservoir of past generated images mixed into the student's batch
-  float replay_fraction = 0.5f;      // share of the student's batch drawn from the reservoir
-  std::int64_t q_steps = 1;          // student steps per generator step (the reference: 1)
+  float weight_average = 0.0f;  // > 0: the student handed out is an EMA of its weights with this decay
+  std::int64_t weight_average_epoch = 0;  // the EMA starts afresh at this epoch (e.g. the lr cut)
+  float range_lr = 1e-3f;                 // Adam lr of learned activation ranges (act_range=learned)
+  std::string lr_schedule = "step";       // step: x0.1 at lr_milestones; cosine: per epoch to 0 at the end
+  float q_ce_weight = 1.0f;         // weight of the student's cross-entropy towards the generator's labels
+  float adversarial_weight = 0.0f;  // > 0: G also maximizes this times KD(Q, P) after the warm-up
+  std::string augment = "none";     // flip_shift, mixup or flip_shift+mixup (sample_augment.h)
+  std::int64_t augment_shift = 2;   // largest shift in pixels of flip_shift
+  float mixup_fraction = 0.5f;      // share of the student images blended with another by augment=mixup
+  std::int64_t replay = 0;          // > 0: reservoir of past generated images mixed into the student's batch
+  float replay_fraction = 0.5f;     // share of the student's batch drawn from the reservoir
+  std::int64_t q_steps = 1;         // student steps per generator step (the reference: 1)
   std::uint64_t seed = 0;
 
   // The tunable fields by name (zsq quantize --opt KEY=VALUE); epochs, iterations and batch have their

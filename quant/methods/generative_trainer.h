@@ -88,7 +88,7 @@ class GenerativeTrainer {
       for (std::int64_t it = 0; it < iterations_; ++it) {
         if (hooks.stop_requested && hooks.stop_requested()) return false;
         const Iteration r = iterate(epoch, it, rng);
-        if (average_) average_->update();
+        if (average_) average_->update(epoch);
         if (hooks.on_iteration) hooks.on_iteration(r);
       }
       epochs_done_ = epoch + 1;

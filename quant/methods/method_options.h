@@ -37,6 +37,9 @@ std::vector<OptionField> training_schedule_fields(Options& o) {
       {"g_lr", &o.g_lr, "generator Adam learning rate"},
       {"range_lr", &o.range_lr, "Adam learning rate of learned activation ranges (--set act_range=learned)"},
       {"weight_average", &o.weight_average, "EMA decay per iteration of the student's weights (0: off)"},
+      {"weight_average_epoch", &o.weight_average_epoch,
+       "epoch from which weight_average averages; before it the average is the current weights (0: from "
+       "the start)"},
       {"lr_schedule", &o.lr_schedule, "step (x0.1 at lr_milestones) or cosine", {"step", "cosine"}},
       {"lr_milestones", &o.lr_milestones, "epochs where step multiplies both learning rates by 0.1"},
       {"recalibrate_batches", &o.recalibrate_batches,

@@ -8,13 +8,14 @@
 
 namespace zsq::quant {
 
-WeightAverage::WeightAverage(Module& model, float decay)
-    : parameters_(model.named_parameters()), decay_(decay) {
+WeightAverage::WeightAverage(Module& model, float decay, std::int64_t start_epoch)
+    : parameters_(model.named_parameters()), decay_(decay), start_epoch_(start_epoch) {
   ZSQ_CHECK(decay >= 0.0f && decay < 1.0f, "weight_average: decay must be in [0, 1), got {}", decay);
   for (const auto& [name, p] : parameters_) average_.push_back(p.detach().clone());
 }
 
-void WeightAverage::update() {
+void WeightAverage::update(std::int64_t epoch) {
+  if (epoch < start_epoch_) updates_ = 0;  // the average restarts from the weights at the start epoch
   const float keep = updates_ == 0 ? 0.0f : decay_;
   for (std::size_t i = 0; i < parameters_.size(); ++i) {
     if (average_[i].is_cuda()) {

@@ -125,6 +125,9 @@ ZaqTrainer::ZaqTrainer(models::Classifier& teacher, Student& student, const ZaqO
   ZSQ_CHECK(options.epochs > 0 && options.iterations > 0 && options.batch > 1 && options.q_steps > 0,
             "zaq: epochs, iterations, q_steps must be positive and batch > 1");
   check_recalibrate_source("zaq", options.recalibrate_source);
+  ZSQ_CHECK(options.weight_average_epoch >= 0 && options.weight_average_epoch < options.epochs,
+            "zaq: weight_average_epoch must be in [0, epochs) = [0, {}), got {}", options.epochs,
+            options.weight_average_epoch);
   check_recalibrate_epochs("zaq", options.recalibrate_epochs, options.freeze_epochs, options.epochs,
                            options.recalibrate_batches);
   ZSQ_CHECK(
@@ -149,7 +152,8 @@ ZaqTrainer::ZaqTrainer(models::Classifier& teacher, Student& student, const ZaqO
                                                                       .weight_decay = options.q_weight_decay,
                                                                       .nesterov = !options.student_bn_train});
   if (options.weight_average > 0)
-    average_ = std::make_unique<WeightAverage>(student_.model(), options.weight_average);
+    average_ = std::make_unique<WeightAverage>(student_.model(), options.weight_average,
+                                               options.weight_average_epoch);
   make_range_optimizer(options.range_lr);
   if (options.replay > 0) {
     const auto& g = generator_->config();

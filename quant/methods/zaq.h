@@ -50,15 +50,16 @@ struct ZaqOptions {
   std::int64_t recalibrate_batches = 0;          // > 0: fresh ranges from the generator when they freeze
   std::string recalibrate_source = "generator";  // or "gaussian": N(0, 1) images, as the gaussian baseline
   std::vector<std::int64_t> recalibrate_epochs;  // later epochs that re-observe the ranges too
-  float weight_average = 0.0f;       // > 0: the student handed out is an EMA of its weights with this decay
-  float range_lr = 1e-3f;            // Adam lr of learned activation ranges (act_range=learned)
-  std::string lr_schedule = "step";  // step: x0.1 at lr_milestones; cosine: per epoch to 0 at the end
-  std::int64_t replay = 0;           // > 0: a reservoir of this many generated images (sample_replay.h)
-  float replay_fraction = 0.5f;      // the share of each student batch drawn from the reservoir
-  std::string augment = "none";      // flip_shift, mixup or flip_shift+mixup (sample_augment.h)
-  std::int64_t augment_shift = 2;    // largest shift in pixels of flip_shift
-  float mixup_fraction = 0.5f;       // share of the student images blended with another by augment=mixup
-  float bns_weight = 0.0f;           // > 0: G also minimizes this times the BN-statistics loss (GDFQ's form)
+  float weight_average = 0.0f;  // > 0: the student handed out is an EMA of its weights with this decay
+  std::int64_t weight_average_epoch = 0;  // the EMA starts afresh at this epoch (e.g. the lr cut)
+  float range_lr = 1e-3f;                 // Adam lr of learned activation ranges (act_range=learned)
+  std::string lr_schedule = "step";       // step: x0.1 at lr_milestones; cosine: per epoch to 0 at the end
+  std::int64_t replay = 0;                // > 0: a reservoir of this many generated images (sample_replay.h)
+  float replay_fraction = 0.5f;           // the share of each student batch drawn from the reservoir
+  std::string augment = "none";           // flip_shift, mixup or flip_shift+mixup (sample_augment.h)
+  std::int64_t augment_shift = 2;         // largest shift in pixels of flip_shift
+  float mixup_fraction = 0.5f;            // share of the student images blended with another by augment=mixup
+  float bns_weight = 0.0f;  // > 0: G also minimizes this times the BN-statistics loss (GDFQ's form)
   std::uint64_t seed = 0;
 
   // The tunable fields by name (zsq quantize --opt KEY=VALUE); epochs, iterations and batch have their
