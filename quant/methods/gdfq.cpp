@@ -106,12 +106,7 @@ GdfqTrainer::GdfqTrainer(models::Classifier& teacher, Student& student, const Gd
   Rng init(options.seed ^ 0x6764667175ULL);
   auto config = models::GeneratorConfig::gdfq(teacher.num_classes(), 1);
   config.gdfq_bn_eps_quirk = options.bn_eps_quirk;
-  check_recalibrate_source("gdfq", options.recalibrate_source);
-  ZSQ_CHECK(options.weight_average_epoch >= 0 && options.weight_average_epoch < options.epochs,
-            "gdfq: weight_average_epoch must be in [0, epochs) = [0, {}), got {}", options.epochs,
-            options.weight_average_epoch);
-  check_recalibrate_epochs("gdfq", options.recalibrate_epochs, options.freeze_epochs, options.epochs,
-                           options.recalibrate_batches);
+  check_training_schedule("gdfq", options);
   ZSQ_CHECK(options.generator_init == "torch" || options.generator_init == "he_fan_out",
             "gdfq: generator_init must be torch or he_fan_out, got '{}'", options.generator_init);
   config.conv_init =
@@ -130,9 +125,7 @@ GdfqTrainer::GdfqTrainer(models::Classifier& teacher, Student& student, const Gd
     average_ = std::make_unique<WeightAverage>(student_.model(), options.weight_average,
                                                options.weight_average_epoch);
   make_range_optimizer(options.range_lr);
-  check_augment_name("gdfq", options.augment);
-  ZSQ_CHECK(options.mixup_fraction >= 0.0f && options.mixup_fraction <= 1.0f,
-            "gdfq: mixup_fraction must be in [0, 1], got {}", options.mixup_fraction);
+  check_augment_options("gdfq", options.augment, options.mixup_fraction);
   ZSQ_CHECK(options.q_steps >= 1, "gdfq: q_steps must be >= 1, got {}", options.q_steps);
   ZSQ_CHECK(options.replay >= 0, "gdfq: replay must be >= 0 images, got {}", options.replay);
   ZSQ_CHECK(options.replay_fraction > 0.0f && options.replay_fraction < 1.0f,

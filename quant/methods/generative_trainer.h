@@ -58,6 +58,16 @@ inline void check_recalibrate_epochs(const char* method, const std::vector<std::
   }
 }
 
+// The checks of the fields training_schedule_fields declares (method_options.h), at construction.
+template <typename Options>
+void check_training_schedule(const char* method, const Options& o) {
+  check_recalibrate_source(method, o.recalibrate_source);
+  check_recalibrate_epochs(method, o.recalibrate_epochs, o.freeze_epochs, o.epochs, o.recalibrate_batches);
+  ZSQ_CHECK(o.weight_average_epoch >= 0 && o.weight_average_epoch < o.epochs,
+            "{}: weight_average_epoch must be in [0, epochs) = [0, {}), got {}", method, o.epochs,
+            o.weight_average_epoch);
+}
+
 // What the caller (the CLI) plugs into the epoch loop. quant/ never sees data: test-set evaluation, when
 // a research run asks for it, arrives here as an opaque callback from the tools layer.
 template <typename Iteration>

@@ -11,6 +11,12 @@ void check_augment_name(const char* method, const std::string& name) {
             "{}: augment must be none, flip_shift, mixup or flip_shift+mixup, got '{}'", method, name);
 }
 
+void check_augment_options(const char* method, const std::string& name, float mixup_fraction) {
+  check_augment_name(method, name);
+  ZSQ_CHECK(mixup_fraction >= 0.0f && mixup_fraction <= 1.0f, "{}: mixup_fraction must be in [0, 1], got {}",
+            method, mixup_fraction);
+}
+
 bool augment_flips_and_shifts(const std::string& name) {
   return name == "flip_shift" || name == "flip_shift+mixup";
 }

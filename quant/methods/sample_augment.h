@@ -15,6 +15,8 @@ namespace zsq::quant {
 // Names accepted by the methods' `augment` option: "none", "flip_shift", "mixup" or
 // "flip_shift+mixup" (mirror and shift first, then blend).
 void check_augment_name(const char* method, const std::string& name);
+// The name and the `mixup_fraction` option (in [0, 1]) together, as a method's constructor checks them.
+void check_augment_options(const char* method, const std::string& name, float mixup_fraction);
 bool augment_flips_and_shifts(const std::string& name);
 bool augment_mixes(const std::string& name);
 

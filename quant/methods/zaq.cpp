@@ -124,21 +124,14 @@ ZaqTrainer::ZaqTrainer(models::Classifier& teacher, Student& student, const ZaqO
       options_(options) {
   ZSQ_CHECK(options.epochs > 0 && options.iterations > 0 && options.batch > 1 && options.q_steps > 0,
             "zaq: epochs, iterations, q_steps must be positive and batch > 1");
-  check_recalibrate_source("zaq", options.recalibrate_source);
-  ZSQ_CHECK(options.weight_average_epoch >= 0 && options.weight_average_epoch < options.epochs,
-            "zaq: weight_average_epoch must be in [0, epochs) = [0, {}), got {}", options.epochs,
-            options.weight_average_epoch);
-  check_recalibrate_epochs("zaq", options.recalibrate_epochs, options.freeze_epochs, options.epochs,
-                           options.recalibrate_batches);
+  check_training_schedule("zaq", options);
   ZSQ_CHECK(
       options.q_output_weight >= 0.0f && options.q_kd_weight >= 0.0f &&
           options.q_output_weight + options.q_kd_weight > 0.0f && options.temperature > 0.0f,
       "zaq: q_output_weight and q_kd_weight must be >= 0 and not both 0, temperature > 0 (got {}, {}, {})",
       options.q_output_weight, options.q_kd_weight, options.temperature);
   ZSQ_CHECK(options.replay >= 0, "zaq: replay must be >= 0 images, got {}", options.replay);
-  check_augment_name("zaq", options.augment);
-  ZSQ_CHECK(options.mixup_fraction >= 0.0f && options.mixup_fraction <= 1.0f,
-            "zaq: mixup_fraction must be in [0, 1], got {}", options.mixup_fraction);
+  check_augment_options("zaq", options.augment, options.mixup_fraction);
   ZSQ_CHECK(options.bns_weight >= 0.0f, "zaq: bns_weight must be >= 0, got {}", options.bns_weight);
   ZSQ_CHECK(options.replay_fraction > 0.0f && options.replay_fraction < 1.0f,
             "zaq: replay_fraction must be in (0, 1), got {}", options.replay_fraction);
