@@ -13,26 +13,16 @@ using namespace zsq;
 using namespace zsq::testing;
 
 namespace {
-// A tiny teacher and its 4-bit student with EMA activation ranges, both from one seed.
+// A tiny teacher and its 4-bit student (EMA activation ranges unless told; the recalibration tests use
+// MSE), both from one seed; `rng` is as the teacher's init left it.
 struct ZaqSetup {
-  std::shared_ptr<models::Classifier> teacher;
-  std::unique_ptr<quant::Student> student;
-  explicit ZaqSetup(std::uint64_t seed) {
-    Rng rng(seed);
-    teacher = tiny_resnet_teacher(rng);
-    auto config = quant::QConfig::paper(4, 4);
-    config.act_observer = quant::ObserverKind::ema;
-    student = std::make_unique<quant::Student>(tiny_resnet_spec(), *teacher, config);
-  }
-};
-// Recalibration tests: a student with MSE range observers, and the RNG as left after the teacher's init.
-struct MseSetup {
   Rng rng;
   std::shared_ptr<models::Classifier> teacher;
   std::unique_ptr<quant::Student> student;
-  explicit MseSetup(std::uint64_t seed) : rng(seed), teacher(tiny_resnet_teacher(rng)) {
+  explicit ZaqSetup(std::uint64_t seed, quant::ObserverKind observer = quant::ObserverKind::ema)
+      : rng(seed), teacher(tiny_resnet_teacher(rng)) {
     auto config = quant::QConfig::paper(4, 4);
-    config.act_observer = quant::ObserverKind::mse;
+    config.act_observer = observer;
     student = std::make_unique<quant::Student>(tiny_resnet_spec(), *teacher, config);
   }
 };
@@ -108,7 +98,7 @@ TEST_CASE("ZAQ diversity: G's loss gains -diversity * H(batch-mean teacher predi
 
 TEST_CASE("ZAQ recalibrate_batches: the frozen ranges come from fresh generator batches only") {
   auto ranges = [](bool polluted) {
-    MseSetup s(6);
+    ZaqSetup s(6, quant::ObserverKind::mse);
     auto& rng = s.rng;
     quant::Student& student = *s.student;
     auto options = quant::ZaqOptions::budget("tiny");
@@ -138,7 +128,7 @@ TEST_CASE("ZAQ recalibrate_batches: the frozen ranges come from fresh generator 
 
 TEST_CASE("ZAQ recalibrate_source=gaussian: the frozen ranges come from N(0, 1) images, not the generator") {
   auto ranges = [](const std::string& source, float generator_scale) {
-    MseSetup s(6);
+    ZaqSetup s(6, quant::ObserverKind::mse);
     auto& rng = s.rng;
     quant::Student& student = *s.student;
     auto options = quant::ZaqOptions::budget("tiny");
@@ -362,7 +352,7 @@ TEST_CASE("ZAQ augment=flip_shift: the student learns from transformed batches; 
 }
 
 TEST_CASE("ZAQ recalibrate_epochs: a later listed epoch re-observes the ranges on the trained student") {
-  MseSetup s(6);
+  ZaqSetup s(6, quant::ObserverKind::mse);
   auto& rng = s.rng;
   quant::Student& student = *s.student;
   auto options = quant::ZaqOptions::budget("tiny");
