@@ -431,4 +431,7 @@ TEST_CASE("GDFQ q_steps: more student steps per generator step, on fresh samples
   auto bad = tiny();
   bad.q_steps = 0;
   CHECK_THROWS_WITH_AS(quant::GdfqTrainer(*s.teacher, *s.student, bad), doctest::Contains("q_steps"), Error);
+  quant::GdfqOptions named;  // reachable by name, as zsq quantize --opt q_steps=N passes it
+  quant::set_option(named.fields(), "q_steps=2", "gdfq");
+  CHECK(named.q_steps == 2);
 }

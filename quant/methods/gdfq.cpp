@@ -77,6 +77,8 @@ std::vector<OptionField> GdfqOptions::fields() {
            "images kept in a reservoir of past generated samples, mixed into every student batch (0: off)"},
           {"replay_fraction", &replay_fraction,
            "share of each student batch drawn from the replay reservoir"},
+          {"q_steps", &q_steps,
+           "student steps per generator step, each on fresh generated images (1: the reference)"},
       });
   return fields;
 }
