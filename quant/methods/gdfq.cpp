@@ -73,12 +73,6 @@ std::vector<OptionField> GdfqOptions::fields() {
           {"augment_shift", &augment_shift, "largest shift (pixels) of augment=flip_shift"},
           {"mixup_fraction", &mixup_fraction,
            "share of the student's images that augment=mixup blends (lambda uniform in [0, 1))"},
-          {"replay", &replay,
-           "images kept in a reservoir of past generated samples, mixed into every student batch (0: off)"},
-          {"replay_fraction", &replay_fraction,
-           "share of each student batch drawn from the replay reservoir"},
-          {"q_steps", &q_steps,
-           "student steps per generator step, each on fresh generated images (1: the reference)"},
       });
   return fields;
 }
@@ -128,10 +122,6 @@ GdfqTrainer::GdfqTrainer(models::Classifier& teacher, Student& student, const Gd
                                                options.weight_average_epoch);
   make_range_optimizer(options.range_lr);
   check_augment_options("gdfq", options.augment, options.mixup_fraction);
-  ZSQ_CHECK(options.q_steps >= 1, "gdfq: q_steps must be >= 1, got {}", options.q_steps);
-  ZSQ_CHECK(options.replay >= 0, "gdfq: replay must be >= 0 images, got {}", options.replay);
-  ZSQ_CHECK(options.replay_fraction > 0.0f && options.replay_fraction < 1.0f,
-            "gdfq: replay_fraction must be in (0, 1), got {}", options.replay_fraction);
   ZSQ_CHECK(options.q_ce_weight == 0.0f || (options.replay == 0 && options.augment == "none"),
             "gdfq: q_ce_weight > 0 needs the generator's labels for the student's batch; replay and augment "
             "change that batch (set q_ce_weight=0)");

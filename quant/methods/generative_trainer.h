@@ -66,6 +66,10 @@ void check_training_schedule(const char* method, const Options& o) {
   ZSQ_CHECK(o.weight_average_epoch >= 0 && o.weight_average_epoch < o.epochs,
             "{}: weight_average_epoch must be in [0, epochs) = [0, {}), got {}", method, o.epochs,
             o.weight_average_epoch);
+  ZSQ_CHECK(o.q_steps >= 1, "{}: q_steps must be >= 1, got {}", method, o.q_steps);
+  ZSQ_CHECK(o.replay >= 0, "{}: replay must be >= 0 images, got {}", method, o.replay);
+  ZSQ_CHECK(o.replay_fraction > 0.0f && o.replay_fraction < 1.0f,
+            "{}: replay_fraction must be in (0, 1), got {}", method, o.replay_fraction);
 }
 
 // What the caller (the CLI) plugs into the epoch loop. quant/ never sees data: test-set evaluation, when

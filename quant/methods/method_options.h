@@ -27,7 +27,8 @@ nlohmann::json options_to_json(const std::vector<OptionField>& fields);
 // "  key  meaning (default)" lines for --help texts and error messages.
 std::string options_help(const std::vector<OptionField>& fields);
 
-// The student-optimizer and schedule fields every generator-based method (gdfq, zaq) has, declared once.
+// The student-optimizer, schedule and student-batch fields every generator-based method (gdfq, zaq) has,
+// declared once (check_training_schedule in generative_trainer.h checks them).
 template <typename Options>
 std::vector<OptionField> training_schedule_fields(Options& o) {
   return {
@@ -53,6 +54,10 @@ std::vector<OptionField> training_schedule_fields(Options& o) {
       {"recalibrate_epochs", &o.recalibrate_epochs,
        "later epochs at whose start the ranges are re-observed the same way, on the student as trained "
        "so far (needs recalibrate_batches > 0)"},
+      {"q_steps", &o.q_steps, "student steps per generator step, each on fresh generated images"},
+      {"replay", &o.replay,
+       "images kept in a reservoir of past generated samples, mixed into every student batch (0: off)"},
+      {"replay_fraction", &o.replay_fraction, "share of each student batch drawn from the replay reservoir"},
   };
 }
 

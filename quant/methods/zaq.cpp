@@ -56,7 +56,6 @@ std::vector<OptionField> ZaqOptions::fields() {
   fields.insert(
       fields.end(),
       {
-          {"q_steps", &q_steps, "student steps per generator step"},
           {"alpha", &alpha, "feature discrepancy weight"},
           {"beta", &beta, "activation regularizer weight"},
           {"gamma", &gamma, "relation-map residual weight"},
@@ -68,10 +67,6 @@ std::vector<OptionField> ZaqOptions::fields() {
           {"student_bn_train", &student_bn_train,
            "student BN in train mode (the reference) instead of fixed"},
           {"freeze_epochs", &freeze_epochs, "freeze activation ranges from this epoch on (-1: never)"},
-          {"replay", &replay,
-           "images kept in a reservoir of past generated samples, mixed into every student batch (0: off)"},
-          {"replay_fraction", &replay_fraction,
-           "share of each student batch drawn from the replay reservoir"},
           {"augment", &augment,
            "none, flip_shift, mixup or flip_shift+mixup: each student image mirrored (p = 1/2) and shifted "
            "by up to augment_shift pixels, and/or (mixup) blended with another image of the batch, the "
@@ -122,19 +117,16 @@ Tensor relation_discrepancy(const Tensor& teacher_feature, const Tensor& student
 ZaqTrainer::ZaqTrainer(models::Classifier& teacher, Student& student, const ZaqOptions& options)
     : GenerativeTrainer("zaq", teacher, student, options.epochs, options.iterations, options.seed, 7),
       options_(options) {
-  ZSQ_CHECK(options.epochs > 0 && options.iterations > 0 && options.batch > 1 && options.q_steps > 0,
-            "zaq: epochs, iterations, q_steps must be positive and batch > 1");
+  ZSQ_CHECK(options.epochs > 0 && options.iterations > 0 && options.batch > 1,
+            "zaq: epochs and iterations must be positive and batch > 1");
   check_training_schedule("zaq", options);
   ZSQ_CHECK(
       options.q_output_weight >= 0.0f && options.q_kd_weight >= 0.0f &&
           options.q_output_weight + options.q_kd_weight > 0.0f && options.temperature > 0.0f,
       "zaq: q_output_weight and q_kd_weight must be >= 0 and not both 0, temperature > 0 (got {}, {}, {})",
       options.q_output_weight, options.q_kd_weight, options.temperature);
-  ZSQ_CHECK(options.replay >= 0, "zaq: replay must be >= 0 images, got {}", options.replay);
   check_augment_options("zaq", options.augment, options.mixup_fraction);
   ZSQ_CHECK(options.bns_weight >= 0.0f, "zaq: bns_weight must be >= 0, got {}", options.bns_weight);
-  ZSQ_CHECK(options.replay_fraction > 0.0f && options.replay_fraction < 1.0f,
-            "zaq: replay_fraction must be in (0, 1), got {}", options.replay_fraction);
   Rng init(options.seed ^ 0x7a6171ULL);
   generator_ = std::make_unique<models::Generator>(models::GeneratorConfig::zaq(1), init);
   generator_->to(device());
